@@ -1,0 +1,30 @@
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "chargpt/rng.h"
+#include "chargpt/tokenizer.h"
+
+namespace chargpt {
+
+// Reads a whole file; throws naming the path when it cannot.
+std::string read_file(const std::string& path);
+
+struct Dataset {
+  Tokenizer tok;
+  std::vector<int32_t> train;  // first floor(0.9 N) tokens
+  std::vector<int32_t> val;    // the rest
+};
+
+// Encodes a UTF-8 corpus and splits it 90/10. If `tok` is given (resume,
+// eval of a checkpoint) the corpus must fit that vocabulary; else it is built.
+Dataset make_dataset(const std::string& utf8_text, const Tokenizer* tok = nullptr);
+Dataset load_dataset(const std::string& path, const Tokenizer* tok = nullptr);
+
+// `batch` windows of block_size+1 consecutive tokens at uniformly random
+// offsets: inputs = window[0..T), targets = window[1..T]. Deterministic in rng.
+void sample_batch(const std::vector<int32_t>& split, int batch, int block_size, Rng& rng,
+                  int32_t* inputs, int32_t* targets);
+
+}  // namespace chargpt

@@ -1,0 +1,54 @@
+#pragma once
+// The model's ops, forward and backward, in float: the fast versions.
+// Conventions (llm.c): outputs first; shapes in comments; parameter gradients
+// are accumulated (+=), activation gradients are written (=) unless a comment
+// says otherwise. The simple double-precision references live in ref_ops.h.
+#include <cstddef>
+#include <cstdint>
+
+namespace chargpt {
+
+// out[N,T,C] = wte[tokens[n,t]] + wpe[t]
+void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int N, int T, int C);
+// dwte[V,C] +=, dwpe[T,C] += ; dout[N,T,C]
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int N, int T, int C);
+
+// out[R,C] = (inp - mean) * rstd * weight + bias, per row; mean[R], rstd[R] saved for backward.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int R, int C);
+// dinp[R,C] += (it feeds the residual stream, whose gradient it adds to), dweight[C] +=, dbias[C] +=
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int R, int C);
+
+// out[R,OC] = inp[R,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be null)
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC, int OC);
+// dinp[R,IC] = dout · weight (skipped if null); dweight[OC,IC] += doutᵀ · inp; dbias[OC] += Σ_r dout (if non-null)
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int R, int IC, int OC);
+
+// Causal multi-head self-attention.
+// qkv[N,T,3C] holds q|k|v per position, heads of size C/NH inside each.
+// out[N,T,C]; att_probs[N,NH,T,T] = softmax(q·kᵀ/sqrt(hd)) with zeros above the diagonal.
+void attention_forward(float* out, float* att_probs, const float* qkv, int N, int T, int C, int NH);
+// dqkv[N,T,3C] = ; scratch[T,T]. O(T²·hd) per head.
+void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att_probs,
+                        int N, int T, int C, int NH);
+
+// tanh-approximated GELU, elementwise over n values.
+void gelu_forward(float* out, const float* inp, size_t n);
+// dinp = gelu'(inp) * dout; dinp may alias dout.
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
+
+// out = a + b, elementwise.
+void residual_forward(float* out, const float* a, const float* b, size_t n);
+
+// Per row r: probs[r,:] = softmax(logits[r,:]); losses[r] = -log probs[r, targets[r]].
+// probs may alias logits.
+void softmax_crossentropy_forward(float* losses, float* probs, const float* logits, const int32_t* targets,
+                                  int R, int V);
+// dlogits[r,:] = (probs[r,:] - onehot(targets[r])) * dloss; dloss = d objective / d losses[r].
+// dlogits may alias probs.
+void softmax_crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets, float dloss, int R,
+                                   int V);
+
+}  // namespace chargpt

@@ -1,0 +1,53 @@
+#include "chargpt/data.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace chargpt {
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot open '" + path + "': " + std::strerror(errno));
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) throw std::runtime_error("cannot read '" + path + "'");
+  return ss.str();
+}
+
+Dataset make_dataset(const std::string& utf8_text, const Tokenizer* tok) {
+  const std::u32string cps = utf8_decode(utf8_text);
+  Dataset d;
+  d.tok = tok ? *tok : Tokenizer::from_text(cps);
+  std::vector<int32_t> ids = d.tok.encode(cps);
+  const size_t n_train = (size_t)(0.9 * (double)ids.size());
+  d.train.assign(ids.begin(), ids.begin() + n_train);
+  d.val.assign(ids.begin() + n_train, ids.end());
+  return d;
+}
+
+Dataset load_dataset(const std::string& path, const Tokenizer* tok) {
+  const std::string text = read_file(path);
+  try {
+    return make_dataset(text, tok);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("data file '" + path + "': " + e.what());
+  }
+}
+
+void sample_batch(const std::vector<int32_t>& split, int batch, int block_size, Rng& rng,
+                  int32_t* inputs, int32_t* targets) {
+  if (split.size() < (size_t)block_size + 1)
+    throw std::runtime_error("the data split has " + std::to_string(split.size()) +
+                             " tokens, fewer than block_size+1 = " + std::to_string(block_size + 1));
+  const uint64_t n_starts = split.size() - (size_t)block_size;  // start in [0, len-T-1]
+  for (int b = 0; b < batch; ++b) {
+    const size_t start = rng.below(n_starts);
+    std::memcpy(inputs + (size_t)b * block_size, &split[start], sizeof(int32_t) * block_size);
+    std::memcpy(targets + (size_t)b * block_size, &split[start + 1], sizeof(int32_t) * block_size);
+  }
+}
+
+}  // namespace chargpt

@@ -1,0 +1,219 @@
+// chargpt: the command line. Library code throws; only this file decides exit codes:
+// 0 success, 1 runtime error (bad file, bad data, non-finite loss), 2 bad usage,
+// 130 interrupted by Ctrl-C (after saving).
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <unistd.h>
+
+#include <cxxopts.hpp>
+
+#include "chargpt/checkpoint.h"
+#include "chargpt/data.h"
+#include "chargpt/train.h"
+
+using namespace chargpt;
+
+namespace {
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Preset {
+  const char* name;
+  int n_layer, n_head, n_embd, block_size, batch_size;
+};
+constexpr Preset kPresets[] = {
+    {"baby", 4, 4, 128, 64, 12},     // nanoGPT's "baby GPT" for Shakespeare on a CPU
+    {"nanogpt", 6, 6, 384, 256, 64}, // nanoGPT's train_shakespeare_char
+};
+
+const Preset& find_preset(const std::string& name) {
+  for (const auto& p : kPresets)
+    if (name == p.name) return p;
+  throw UsageError("--preset '" + name + "' is not one of: baby, nanogpt");
+}
+
+void add_model_options(cxxopts::Options& o) {
+  o.add_options("Model")
+      ("preset", "model and batch preset: baby (4 layers, 4 heads, 128 wide, block 64, batch 12) or "
+                 "nanogpt (6, 6, 384, 256, 64)", cxxopts::value<std::string>()->default_value("baby"))
+      ("n-layer", "transformer blocks (default: from the preset)", cxxopts::value<int>())
+      ("n-head", "attention heads (default: from the preset)", cxxopts::value<int>())
+      ("n-embd", "embedding width (default: from the preset)", cxxopts::value<int>())
+      ("block-size", "context length in characters (default: from the preset)", cxxopts::value<int>())
+      ("batch-size", "sequences per step (default: from the preset)", cxxopts::value<int>())
+      ("shard-size", "sequences per parallel task (0 = auto: at most 16 shards); changes the float "
+                     "summation order, so keep it fixed to reproduce a run",
+       cxxopts::value<int>()->default_value("0"));
+}
+
+// Model shape and batch from --preset plus overrides.
+void read_model_options(const cxxopts::ParseResult& r, Config& cfg, int& batch_size, int& shard_size) {
+  const Preset& p = find_preset(r["preset"].as<std::string>());
+  cfg.n_layer = r.count("n-layer") ? r["n-layer"].as<int>() : p.n_layer;
+  cfg.n_head = r.count("n-head") ? r["n-head"].as<int>() : p.n_head;
+  cfg.n_embd = r.count("n-embd") ? r["n-embd"].as<int>() : p.n_embd;
+  cfg.block_size = r.count("block-size") ? r["block-size"].as<int>() : p.block_size;
+  batch_size = r.count("batch-size") ? r["batch-size"].as<int>() : p.batch_size;
+  shard_size = r["shard-size"].as<int>();
+  auto positive = [](const char* flag, int v) {
+    if (v < 1) throw UsageError(std::string("--") + flag + " must be >= 1, got " + std::to_string(v));
+  };
+  positive("n-layer", cfg.n_layer);
+  positive("n-head", cfg.n_head);
+  positive("n-embd", cfg.n_embd);
+  positive("block-size", cfg.block_size);
+  positive("batch-size", batch_size);
+  if (cfg.n_embd % cfg.n_head)
+    throw UsageError("--n-embd " + std::to_string(cfg.n_embd) + " must be divisible by --n-head " +
+                     std::to_string(cfg.n_head));
+  if (cfg.block_size > 4096) throw UsageError("--block-size must be <= 4096, got " + std::to_string(cfg.block_size));
+  if (shard_size < 0) throw UsageError("--shard-size must be >= 0, got " + std::to_string(shard_size));
+}
+
+cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
+  try {
+    auto r = o.parse(argc, argv);
+    if (!r.unmatched().empty()) throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
+    return r;
+  } catch (const cxxopts::exceptions::exception& e) {
+    throw UsageError(e.what());
+  }
+}
+
+bool wants_help(cxxopts::Options& o, const cxxopts::ParseResult& r) {
+  if (!r.count("help")) return false;
+  std::cout << o.help() << std::flush;
+  return true;
+}
+
+void on_sigint(int) {
+  if (g_interrupts.fetch_add(1) >= 1) _exit(130);  // second Ctrl-C: leave at once
+  static const char msg[] = "\nCtrl-C: finishing this step and saving (Ctrl-C again to quit now)\n";
+  (void)!write(STDERR_FILENO, msg, sizeof msg - 1);
+}
+
+int cmd_train(int argc, char** argv) {
+  cxxopts::Options o("chargpt train", "Train a character-level GPT on a UTF-8 text file.");
+  TrainOptions d;  // defaults
+  add_model_options(o);
+  o.add_options("Training")
+      ("data", "training text (UTF-8)", cxxopts::value<std::string>()->default_value(d.data_path))
+      ("out", "checkpoint to write (safetensors; optimizer state beside it as *.optim.safetensors)",
+       cxxopts::value<std::string>()->default_value(d.out_path))
+      ("steps", "total optimizer steps", cxxopts::value<int>()->default_value(std::to_string(d.steps)))
+      ("lr", "peak learning rate", cxxopts::value<float>()->default_value("1e-3"))
+      ("min-lr", "learning rate at the end of the cosine decay", cxxopts::value<float>()->default_value("1e-4"))
+      ("warmup", "linear warmup steps", cxxopts::value<int>()->default_value(std::to_string(d.warmup)))
+      ("lr-decay-steps", "length of the cosine schedule (0 = --steps)", cxxopts::value<int>()->default_value("0"))
+      ("weight-decay", "AdamW decoupled weight decay (2-D weights only)", cxxopts::value<float>()->default_value("0.1"))
+      ("beta1", "AdamW beta1", cxxopts::value<float>()->default_value("0.9"))
+      ("beta2", "AdamW beta2", cxxopts::value<float>()->default_value("0.99"))
+      ("grad-clip", "clip the global gradient norm to this (0 = off)", cxxopts::value<float>()->default_value("1.0"))
+      ("eval-interval", "estimate train/val loss every N steps (0 = only at the end)",
+       cxxopts::value<int>()->default_value(std::to_string(d.eval_interval)))
+      ("eval-iters", "batches per loss estimate", cxxopts::value<int>()->default_value(std::to_string(d.eval_iters)))
+      ("save-interval", "also save every N steps (0 = only at the end)", cxxopts::value<int>()->default_value("0"))
+      ("resume", "continue from the checkpoint at --out (weights, optimizer, step, data sampler)")
+      ("seed", "random seed (init and data order)", cxxopts::value<uint64_t>()->default_value("1337"))
+      ("threads", "worker threads (0 = all hardware threads)", cxxopts::value<int>()->default_value("0"))
+      ("log", "write JSON Lines: one object per logged step and per evaluation", cxxopts::value<std::string>())
+      ("log-interval", "steps between log lines", cxxopts::value<int>()->default_value(std::to_string(d.log_interval)))
+      ("h,help", "show this help");
+  auto r = parse(o, argc, argv);
+  if (wants_help(o, r)) return 0;
+  TrainOptions t;
+  read_model_options(r, t.model, t.batch_size, t.shard_size);
+  t.data_path = r["data"].as<std::string>();
+  t.out_path = r["out"].as<std::string>();
+  t.steps = r["steps"].as<int>();
+  t.lr = r["lr"].as<float>();
+  t.min_lr = r["min-lr"].as<float>();
+  t.warmup = r["warmup"].as<int>();
+  t.lr_decay_steps = r["lr-decay-steps"].as<int>();
+  t.adamw.weight_decay = r["weight-decay"].as<float>();
+  t.adamw.beta1 = r["beta1"].as<float>();
+  t.adamw.beta2 = r["beta2"].as<float>();
+  t.grad_clip = r["grad-clip"].as<float>();
+  t.eval_interval = r["eval-interval"].as<int>();
+  t.eval_iters = r["eval-iters"].as<int>();
+  t.save_interval = r["save-interval"].as<int>();
+  t.resume = r.count("resume") > 0;
+  t.seed = r["seed"].as<uint64_t>();
+  t.threads = r["threads"].as<int>();
+  if (r.count("log")) t.log_path = r["log"].as<std::string>();
+  t.log_interval = r["log-interval"].as<int>();
+  std::signal(SIGINT, on_sigint);
+  TrainResult res = train(t, std::cout);
+  return res.interrupted ? 130 : 0;
+}
+
+int cmd_eval(int argc, char** argv) {
+  cxxopts::Options o("chargpt eval",
+                     "Exact mean loss of a checkpoint over a whole data split: windows of block_size at 0, T, "
+                     "2T, ... so each target is counted once.");
+  o.add_options()
+      ("checkpoint", "model to evaluate", cxxopts::value<std::string>()->default_value("checkpoints/shakespeare.safetensors"))
+      ("data", "text file (split 90/10 as in training)", cxxopts::value<std::string>()->default_value("data/tinyshakespeare.txt"))
+      ("split", "val or train", cxxopts::value<std::string>()->default_value("val"))
+      ("threads", "worker threads (0 = all)", cxxopts::value<int>()->default_value("0"))
+      ("json", "print one JSON object")
+      ("h,help", "show this help");
+  auto r = parse(o, argc, argv);
+  if (wants_help(o, r)) return 0;
+  const std::string split = r["split"].as<std::string>();
+  if (split != "val" && split != "train") throw UsageError("--split '" + split + "' must be val or train");
+  const int threads = r["threads"].as<int>();
+  if (threads < 0) throw UsageError("--threads must be >= 0, got " + std::to_string(threads));
+  const std::string ckpt = r["checkpoint"].as<std::string>();
+  Model m = load_model(ckpt);
+  Dataset ds = load_dataset(r["data"].as<std::string>(), &m.tok);
+  EvalResult e = evaluate_split(m.cfg, m.params.data(), split == "val" ? ds.val : ds.train, threads);
+  if (r.count("json")) {
+    std::cout << nlohmann::json{{"checkpoint", ckpt}, {"split", split}, {"loss", e.loss}, {"tokens", e.tokens}}.dump()
+              << "\n";
+  } else {
+    std::printf("%s loss %.4f over %zu tokens (%s)\n", split.c_str(), e.loss, e.tokens, ckpt.c_str());
+  }
+  return 0;
+}
+
+void usage(std::FILE* f) {
+  std::fprintf(f,
+               "usage: chargpt <command> [options]   (chargpt <command> --help for its options)\n\n"
+               "commands:\n"
+               "  train    train a character-level GPT (default: Tiny Shakespeare, baby preset)\n"
+               "  eval     exact loss of a checkpoint over a data split\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "train") return cmd_train(argc - 1, argv + 1);
+    if (cmd == "eval") return cmd_eval(argc - 1, argv + 1);
+    if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+      usage(stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "chargpt: unknown command '%s'\n", cmd.c_str());
+    usage(stderr);
+    return 2;
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "chargpt %s: %s (see chargpt %s --help)\n", cmd.c_str(), e.what(), cmd.c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "chargpt %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,217 @@
+#include "chargpt/model.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "chargpt/ops.h"
+#include "chargpt/rng.h"
+
+namespace chargpt {
+
+void Config::validate() const {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw std::runtime_error("invalid model config: " + what);
+  };
+  need(vocab_size >= 1, "vocab_size " + std::to_string(vocab_size) + " must be >= 1");
+  need(block_size >= 1 && block_size <= 4096, "block_size " + std::to_string(block_size) + " must be in 1..4096");
+  need(n_layer >= 1, "n_layer " + std::to_string(n_layer) + " must be >= 1");
+  need(n_head >= 1, "n_head " + std::to_string(n_head) + " must be >= 1");
+  need(n_embd >= 1, "n_embd " + std::to_string(n_embd) + " must be >= 1");
+  need(n_embd % n_head == 0,
+       "n_embd " + std::to_string(n_embd) + " must be divisible by n_head " + std::to_string(n_head));
+}
+
+bool operator==(const Config& a, const Config& b) {
+  return a.vocab_size == b.vocab_size && a.block_size == b.block_size && a.n_layer == b.n_layer &&
+         a.n_head == b.n_head && a.n_embd == b.n_embd;
+}
+
+std::vector<ParamSpec> param_specs(const Config& cfg) {
+  const int64_t V = cfg.vocab_size, T = cfg.block_size, C = cfg.n_embd;
+  std::vector<ParamSpec> specs;
+  size_t offset = 0;
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    size_t n = 1;
+    for (auto d : shape) n *= (size_t)d;
+    const bool decay = shape.size() >= 2;
+    specs.push_back({std::move(name), std::move(shape), offset, n, decay});
+    offset += n;
+  };
+  add("transformer.wte.weight", {V, C});
+  add("transformer.wpe.weight", {T, C});
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const std::string p = "transformer.h." + std::to_string(l) + ".";
+    add(p + "ln_1.weight", {C});
+    add(p + "ln_1.bias", {C});
+    add(p + "attn.c_attn.weight", {3 * C, C});
+    add(p + "attn.c_attn.bias", {3 * C});
+    add(p + "attn.c_proj.weight", {C, C});
+    add(p + "attn.c_proj.bias", {C});
+    add(p + "ln_2.weight", {C});
+    add(p + "ln_2.bias", {C});
+    add(p + "mlp.c_fc.weight", {4 * C, C});
+    add(p + "mlp.c_fc.bias", {4 * C});
+    add(p + "mlp.c_proj.weight", {C, 4 * C});
+    add(p + "mlp.c_proj.bias", {C});
+  }
+  add("transformer.ln_f.weight", {C});
+  add("transformer.ln_f.bias", {C});
+  return specs;
+}
+
+size_t num_params(const Config& cfg) {
+  const auto specs = param_specs(cfg);
+  return specs.back().offset + specs.back().numel;
+}
+
+ParamViews param_views(const Config& cfg, float* block) {
+  const auto specs = param_specs(cfg);
+  size_t i = 0;
+  auto next = [&]() { return block + specs[i++].offset; };
+  ParamViews v;
+  v.wte = next();
+  v.wpe = next();
+  v.layers.resize(cfg.n_layer);
+  for (auto& L : v.layers) {
+    L.ln1_w = next(); L.ln1_b = next();
+    L.qkv_w = next(); L.qkv_b = next();
+    L.attproj_w = next(); L.attproj_b = next();
+    L.ln2_w = next(); L.ln2_b = next();
+    L.fc_w = next(); L.fc_b = next();
+    L.fcproj_w = next(); L.fcproj_b = next();
+  }
+  v.lnf_w = next();
+  v.lnf_b = next();
+  return v;
+}
+
+void init_params(const Config& cfg, float* block, uint64_t seed) {
+  Rng rng(seed);
+  const double std_resid = 0.02 / std::sqrt(2.0 * cfg.n_layer);
+  for (const auto& s : param_specs(cfg)) {
+    float* p = block + s.offset;
+    const bool is_ln = s.name.find(".ln_") != std::string::npos;
+    const bool is_weight = s.name.ends_with(".weight");
+    if (is_ln) {
+      std::fill(p, p + s.numel, is_weight ? 1.f : 0.f);
+    } else if (!is_weight) {
+      std::fill(p, p + s.numel, 0.f);
+    } else {
+      const bool resid = s.name.ends_with("c_proj.weight");
+      const double sd = resid ? std_resid : 0.02;
+      for (size_t i = 0; i < s.numel; ++i) p[i] = (float)(sd * rng.normal());
+    }
+  }
+}
+
+Activations::Activations(const Config& cfg, int max_batch_) : max_batch(max_batch_) {
+  const size_t N = max_batch, T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
+  const size_t BT = N * T;
+  // Each array starts on a 64-byte boundary.
+  auto round = [](size_t n) { return (n + 15) / 16 * 16; };
+  const size_t per_layer = 5 * round(BT * C) + 4 * round(BT) + round(BT * 3 * C) + round(N * NH * T * T) +
+                           2 * round(BT * 4 * C);
+  const size_t total = round(BT * C) + cfg.n_layer * per_layer + round(BT * C) + 2 * round(BT) +
+                       round(BT * V) + round(BT) + 2 * round(BT * C) + round(BT * 3 * C) + round(BT * 4 * C) +
+                       round(T * T);
+  mem.resize(total);
+  float* p = mem.data();
+  auto take = [&](size_t n) {
+    float* r = p;
+    p += round(n);
+    return r;
+  };
+  encoded = take(BT * C);
+  layers.resize(cfg.n_layer);
+  for (auto& L : layers) {
+    L.ln1 = take(BT * C); L.ln1_mean = take(BT); L.ln1_rstd = take(BT);
+    L.qkv = take(BT * 3 * C);
+    L.att_probs = take(N * NH * T * T);
+    L.att_y = take(BT * C);
+    L.res_att = take(BT * C);
+    L.ln2 = take(BT * C); L.ln2_mean = take(BT); L.ln2_rstd = take(BT);
+    L.fc = take(BT * 4 * C);
+    L.fc_gelu = take(BT * 4 * C);
+    L.res_mlp = take(BT * C);
+  }
+  lnf = take(BT * C); lnf_mean = take(BT); lnf_rstd = take(BT);
+  probs = take(BT * V);
+  losses = take(BT);
+  d_res = take(BT * C);
+  d_c = take(BT * C);
+  d_qkv = take(BT * 3 * C);
+  d_fc = take(BT * 4 * C);
+  d_att = take(T * T);
+  if ((size_t)(p - mem.data()) != total) throw std::logic_error("activation layout size mismatch");
+}
+
+double gpt_forward(const Config& cfg, const ParamViews& P, Activations& a, const int32_t* inputs,
+                   const int32_t* targets, int N, int t) {
+  if (N > a.max_batch || t > cfg.block_size || t < 1)
+    throw std::logic_error("gpt_forward: batch or length beyond the activation buffers");
+  const int C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
+  const int R = N * t;
+  encoder_forward(a.encoded, inputs, P.wte, P.wpe, N, t, C);
+  const float* x = a.encoded;
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const LayerParams& W = P.layers[l];
+    Activations::Layer& A = a.layers[l];
+    layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, x, W.ln1_w, W.ln1_b, R, C);
+    matmul_forward(A.qkv, A.ln1, W.qkv_w, W.qkv_b, R, C, 3 * C);
+    attention_forward(A.att_y, A.att_probs, A.qkv, N, t, C, NH);
+    matmul_forward(A.res_att, A.att_y, W.attproj_w, W.attproj_b, R, C, C);
+    residual_forward(A.res_att, A.res_att, x, (size_t)R * C);
+    layernorm_forward(A.ln2, A.ln2_mean, A.ln2_rstd, A.res_att, W.ln2_w, W.ln2_b, R, C);
+    matmul_forward(A.fc, A.ln2, W.fc_w, W.fc_b, R, C, 4 * C);
+    gelu_forward(A.fc_gelu, A.fc, (size_t)R * 4 * C);
+    matmul_forward(A.res_mlp, A.fc_gelu, W.fcproj_w, W.fcproj_b, R, 4 * C, C);
+    residual_forward(A.res_mlp, A.res_mlp, A.res_att, (size_t)R * C);
+    x = A.res_mlp;
+  }
+  layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, P.lnf_w, P.lnf_b, R, C);
+  matmul_forward(a.probs, a.lnf, P.wte, nullptr, R, C, V);  // tied LM head
+  if (!targets) return 0.0;
+  softmax_crossentropy_forward(a.losses, a.probs, a.probs, targets, R, V);
+  double sum = 0.0;
+  for (int r = 0; r < R; ++r) sum += a.losses[r];
+  return sum;
+}
+
+void gpt_backward(const Config& cfg, const ParamViews& P, const ParamViews& G, Activations& a,
+                  const int32_t* inputs, const int32_t* targets, int N, int t, float dloss) {
+  const int C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
+  const int R = N * t;
+  const size_t RC = (size_t)R * C;
+  float* d_logits = a.probs;  // in place
+  softmax_crossentropy_backward(d_logits, a.probs, targets, dloss, R, V);
+  matmul_backward(a.d_c, G.wte, nullptr, d_logits, a.lnf, P.wte, R, C, V);
+  const float* x_last = cfg.n_layer ? a.layers.back().res_mlp : a.encoded;
+  std::memset(a.d_res, 0, RC * sizeof(float));
+  layernorm_backward(a.d_res, G.lnf_w, G.lnf_b, a.d_c, x_last, P.lnf_w, a.lnf_mean, a.lnf_rstd, R, C);
+  for (int l = cfg.n_layer - 1; l >= 0; --l) {
+    const LayerParams& W = P.layers[l];
+    const LayerParams& dW = G.layers[l];
+    Activations::Layer& A = a.layers[l];
+    const float* x_in = l ? a.layers[l - 1].res_mlp : a.encoded;
+    // MLP: res_mlp = res_att + fcproj(gelu(fc(ln2(res_att))))
+    matmul_backward(a.d_fc, dW.fcproj_w, dW.fcproj_b, a.d_res, A.fc_gelu, W.fcproj_w, R, 4 * C, C);
+    gelu_backward(a.d_fc, A.fc, a.d_fc, (size_t)R * 4 * C);
+    matmul_backward(a.d_c, dW.fc_w, dW.fc_b, a.d_fc, A.ln2, W.fc_w, R, C, 4 * C);
+    layernorm_backward(a.d_res, dW.ln2_w, dW.ln2_b, a.d_c, A.res_att, W.ln2_w, A.ln2_mean, A.ln2_rstd, R, C);
+    // Attention: res_att = x_in + attproj(attention(qkv(ln1(x_in))))
+    matmul_backward(a.d_c, dW.attproj_w, dW.attproj_b, a.d_res, A.att_y, W.attproj_w, R, C, C);
+    attention_backward(a.d_qkv, a.d_att, a.d_c, A.qkv, A.att_probs, N, t, C, NH);
+    matmul_backward(a.d_c, dW.qkv_w, dW.qkv_b, a.d_qkv, A.ln1, W.qkv_w, R, C, 3 * C);
+    layernorm_backward(a.d_res, dW.ln1_w, dW.ln1_b, a.d_c, x_in, W.ln1_w, A.ln1_mean, A.ln1_rstd, R, C);
+  }
+  encoder_backward(G.wte, G.wpe, a.d_res, inputs, N, t, C);
+}
+
+double flops_per_token(const Config& cfg) {
+  const double L = cfg.n_layer, C = cfg.n_embd, V = cfg.vocab_size, T = cfg.block_size;
+  const double matmul_params = L * 12.0 * C * C + V * C;
+  return 6.0 * matmul_params + 12.0 * L * C * T;
+}
+
+}  // namespace chargpt

@@ -1,0 +1,209 @@
+#include "chargpt/ops.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "chargpt/matmul.h"
+
+namespace chargpt {
+
+void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int N, int T, int C) {
+  for (int n = 0; n < N; ++n)
+    for (int t = 0; t < T; ++t) {
+      float* o = out + ((size_t)n * T + t) * C;
+      const float* e = wte + (size_t)tokens[(size_t)n * T + t] * C;
+      const float* p = wpe + (size_t)t * C;
+      for (int c = 0; c < C; ++c) o[c] = e[c] + p[c];
+    }
+}
+
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int N, int T, int C) {
+  for (int n = 0; n < N; ++n)
+    for (int t = 0; t < T; ++t) {
+      const float* d = dout + ((size_t)n * T + t) * C;
+      float* de = dwte + (size_t)tokens[(size_t)n * T + t] * C;
+      float* dp = dwpe + (size_t)t * C;
+      for (int c = 0; c < C; ++c) {
+        de[c] += d[c];
+        dp[c] += d[c];
+      }
+    }
+}
+
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int R, int C) {
+  constexpr float eps = 1e-5f;
+  for (int r = 0; r < R; ++r) {
+    const float* x = inp + (size_t)r * C;
+    float sum = 0.f;
+    for (int c = 0; c < C; ++c) sum += x[c];
+    const float m = sum / C;
+    float var = 0.f;
+    for (int c = 0; c < C; ++c) var += (x[c] - m) * (x[c] - m);
+    const float s = 1.f / std::sqrt(var / C + eps);
+    float* o = out + (size_t)r * C;
+    for (int c = 0; c < C; ++c) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+    mean[r] = m;
+    rstd[r] = s;
+  }
+}
+
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int R, int C) {
+  for (int r = 0; r < R; ++r) {
+    const float* d = dout + (size_t)r * C;
+    const float* x = inp + (size_t)r * C;
+    float* dx = dinp + (size_t)r * C;
+    const float m = mean[r], s = rstd[r];
+    // dnorm = d * w; dx = s * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+    float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
+    for (int c = 0; c < C; ++c) {
+      const float norm = (x[c] - m) * s;
+      const float dnorm = d[c] * weight[c];
+      dnorm_mean += dnorm;
+      dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean /= C;
+    dnorm_norm_mean /= C;
+    for (int c = 0; c < C; ++c) {
+      const float norm = (x[c] - m) * s;
+      const float dnorm = d[c] * weight[c];
+      dbias[c] += d[c];
+      dweight[c] += norm * d[c];
+      dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+    }
+  }
+}
+
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC, int OC) {
+  if (bias) {
+    for (int r = 0; r < R; ++r) std::memcpy(out + (size_t)r * OC, bias, sizeof(float) * OC);
+  }
+  sgemm(false, true, R, OC, IC, 1.f, inp, IC, weight, IC, bias ? 1.f : 0.f, out, OC);
+}
+
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int R, int IC, int OC) {
+  if (dinp) sgemm(false, false, R, IC, OC, 1.f, dout, OC, weight, IC, 0.f, dinp, IC);
+  sgemm(true, false, OC, IC, R, 1.f, dout, OC, inp, IC, 1.f, dweight, IC);
+  if (dbias) {
+    for (int r = 0; r < R; ++r) {
+      const float* d = dout + (size_t)r * OC;
+      for (int o = 0; o < OC; ++o) dbias[o] += d[o];
+    }
+  }
+}
+
+void attention_forward(float* out, float* att_probs, const float* qkv, int N, int T, int C, int NH) {
+  const int hd = C / NH, C3 = 3 * C;
+  const float scale = 1.f / std::sqrt((float)hd);
+  for (int n = 0; n < N; ++n)
+    for (int h = 0; h < NH; ++h) {
+      const float* q = qkv + (size_t)n * T * C3 + h * hd;
+      const float* k = q + C;
+      const float* v = q + 2 * C;
+      float* P = att_probs + ((size_t)n * NH + h) * T * T;
+      // Scores for the whole square; the causal half above the diagonal is zeroed below.
+      sgemm(false, true, T, T, hd, scale, q, C3, k, C3, 0.f, P, T);
+      for (int i = 0; i < T; ++i) {
+        float* row = P + (size_t)i * T;
+        float mx = row[0];
+        for (int j = 1; j <= i; ++j) mx = std::fmax(mx, row[j]);
+        float sum = 0.f;
+        for (int j = 0; j <= i; ++j) {
+          row[j] = std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        const float inv = 1.f / sum;
+        for (int j = 0; j <= i; ++j) row[j] *= inv;
+        for (int j = i + 1; j < T; ++j) row[j] = 0.f;
+      }
+      sgemm(false, false, T, hd, T, 1.f, P, T, v, C3, 0.f, out + (size_t)n * T * C + h * hd, C);
+    }
+}
+
+void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att_probs,
+                        int N, int T, int C, int NH) {
+  const int hd = C / NH, C3 = 3 * C;
+  const float scale = 1.f / std::sqrt((float)hd);
+  for (int n = 0; n < N; ++n)
+    for (int h = 0; h < NH; ++h) {
+      const float* q = qkv + (size_t)n * T * C3 + h * hd;
+      const float* k = q + C;
+      const float* v = q + 2 * C;
+      float* dq = dqkv + (size_t)n * T * C3 + h * hd;
+      float* dk = dq + C;
+      float* dv = dq + 2 * C;
+      const float* P = att_probs + ((size_t)n * NH + h) * T * T;
+      const float* dy = dout + (size_t)n * T * C + h * hd;
+      float* dS = scratch;
+      sgemm(false, true, T, T, hd, 1.f, dy, C, v, C3, 0.f, dS, T);      // dP = dy · vᵀ
+      sgemm(true, false, T, hd, T, 1.f, P, T, dy, C, 0.f, dv, C3);      // dv = Pᵀ · dy
+      for (int i = 0; i < T; ++i) {                                     // softmax backward
+        const float* p = P + (size_t)i * T;
+        float* d = dS + (size_t)i * T;
+        float dot = 0.f;
+        for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
+        for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot);
+        for (int j = i + 1; j < T; ++j) d[j] = 0.f;
+      }
+      sgemm(false, false, T, hd, T, scale, dS, T, k, C3, 0.f, dq, C3);  // dq = dS · k / sqrt(hd)
+      sgemm(true, false, T, hd, T, scale, dS, T, q, C3, 0.f, dk, C3);   // dk = dSᵀ · q / sqrt(hd)
+    }
+}
+
+static constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
+
+void gelu_forward(float* out, const float* inp, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float x = inp[i];
+    out[i] = 0.5f * x * (1.f + std::tanh(kGeluC * (x + 0.044715f * x * x * x)));
+  }
+}
+
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float x = inp[i];
+    const float u = kGeluC * (x + 0.044715f * x * x * x);
+    const float th = std::tanh(u);
+    const float sech2 = 1.f - th * th;
+    const float grad = 0.5f * (1.f + th) + 0.5f * x * sech2 * kGeluC * (1.f + 3.f * 0.044715f * x * x);
+    dinp[i] = grad * dout[i];
+  }
+}
+
+void residual_forward(float* out, const float* a, const float* b, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+void softmax_crossentropy_forward(float* losses, float* probs, const float* logits, const int32_t* targets,
+                                  int R, int V) {
+  for (int r = 0; r < R; ++r) {
+    const float* l = logits + (size_t)r * V;
+    float* p = probs + (size_t)r * V;
+    const float l_target = l[targets[r]];  // read before p (which may alias l) is written
+    float mx = l[0];
+    for (int i = 1; i < V; ++i) mx = std::fmax(mx, l[i]);
+    float sum = 0.f;
+    for (int i = 0; i < V; ++i) {
+      p[i] = std::exp(l[i] - mx);
+      sum += p[i];
+    }
+    const float inv = 1.f / sum;
+    for (int i = 0; i < V; ++i) p[i] *= inv;
+    // -log softmax from the logits directly: exact even when the probability underflows.
+    losses[r] = std::log(sum) + mx - l_target;
+  }
+}
+
+void softmax_crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets, float dloss, int R,
+                                   int V) {
+  for (int r = 0; r < R; ++r) {
+    const float* p = probs + (size_t)r * V;
+    float* d = dlogits + (size_t)r * V;
+    for (int i = 0; i < V; ++i) d[i] = p[i] * dloss;
+    d[targets[r]] -= dloss;
+  }
+}
+
+}  // namespace chargpt

@@ -1,0 +1,35 @@
+#include "chargpt/optim.h"
+
+#include <cmath>
+#include <numbers>
+
+namespace chargpt {
+
+void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, const AdamW& opt, float lr,
+                  int step, float grad_scale, bool decay) {
+  const float b1 = opt.beta1, b2 = opt.beta2;
+  const float bc1 = 1.f - std::pow(b1, (float)step);
+  const float bc2 = 1.f - std::pow(b2, (float)step);
+  const float step_size = lr / bc1;
+  const float inv_sqrt_bc2 = 1.f / std::sqrt(bc2);
+  const float keep = decay ? 1.f - lr * opt.weight_decay : 1.f;
+  for (size_t i = 0; i < n; ++i) {
+    const float g = grads[i] * grad_scale;
+    const float mi = b1 * m[i] + (1.f - b1) * g;
+    const float vi = b2 * v[i] + (1.f - b2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    params[i] = params[i] * keep - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + opt.eps);
+  }
+}
+
+float lr_at(int it, float lr, float min_lr, int warmup, int decay_steps) {
+  if (it < warmup) return lr * (float)(it + 1) / (float)(warmup + 1);
+  if (it > decay_steps) return min_lr;
+  if (decay_steps <= warmup) return min_lr;
+  const double ratio = (double)(it - warmup) / (double)(decay_steps - warmup);
+  const double coeff = 0.5 * (1.0 + std::cos(std::numbers::pi * ratio));
+  return (float)(min_lr + coeff * (lr - min_lr));
+}
+
+}  // namespace chargpt
