@@ -12,16 +12,13 @@
 #include <cxxopts.hpp>
 
 #include "chargpt/checkpoint.h"
+#include "chargpt/cli.h"
 #include "chargpt/data.h"
 #include "chargpt/train.h"
 
 using namespace chargpt;
 
 namespace {
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 struct Preset {
   const char* name;
@@ -188,7 +185,9 @@ void usage(std::FILE* f) {
                "usage: chargpt <command> [options]   (chargpt <command> --help for its options)\n\n"
                "commands:\n"
                "  train    train a character-level GPT (default: Tiny Shakespeare, baby preset)\n"
-               "  eval     exact loss of a checkpoint over a data split\n");
+               "  sample   generate text from a checkpoint (KV cache)\n"
+               "  eval     exact loss of a checkpoint over a data split\n"
+               "  bench    time training steps over a sweep of thread counts\n");
 }
 
 }  // namespace
@@ -202,6 +201,8 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "train") return cmd_train(argc - 1, argv + 1);
     if (cmd == "eval") return cmd_eval(argc - 1, argv + 1);
+    if (cmd == "sample") return cmd_sample(argc - 1, argv + 1);
+    if (cmd == "bench") return cmd_bench(argc - 1, argv + 1);
     if (cmd == "-h" || cmd == "--help" || cmd == "help") {
       usage(stdout);
       return 0;
