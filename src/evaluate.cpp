@@ -25,8 +25,8 @@ EvalResult evaluate_split(const Config& cfg, const float* params, const std::vec
   const ParamViews P = param_views(cfg, const_cast<float*>(params));  // read only
   std::vector<double> sums(tasks);
   tbb::enumerable_thread_specific<Activations> acts(cfg, windows_per_task);
-  tbb::task_arena arena(threads > 0 ? threads : tbb::info::default_concurrency());
-  arena.execute([&] {
+  ThreadPool pool(threads);
+  pool.arena->execute([&] {
     tbb::parallel_for(tbb::blocked_range<size_t>(0, tasks, 1), [&](const tbb::blocked_range<size_t>& r) {
       Activations& a = acts.local();
       std::vector<int32_t> in((size_t)windows_per_task * T), tg(in.size());

@@ -44,14 +44,19 @@ size_t peak_rss_bytes() {
   return (size_t)ru.ru_maxrss * 1024;
 }
 
-static int resolve_threads(int threads) { return threads > 0 ? threads : tbb::info::default_concurrency(); }
+ThreadPool::ThreadPool(int n) : threads(n > 0 ? n : tbb::info::default_concurrency()) {
+  if (threads > tbb::info::default_concurrency())
+    allow = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+  arena = std::make_unique<tbb::task_arena>(threads);
+}
 
 Engine::Engine(const Config& cfg_, int batch_size_, int shard_size_, int threads_, uint64_t seed)
     : cfg(cfg_),
       batch_size(batch_size_),
       shard_size(shard_size_ > 0 ? shard_size_ : default_shard_size(batch_size_)),
       n_shards((batch_size_ + shard_size - 1) / shard_size),
-      threads(resolve_threads(threads_)),
+      pool(threads_),
+      threads(pool.threads),
       specs(param_specs(cfg_)),
       acts(cfg_, shard_size_ > 0 ? shard_size_ : default_shard_size(batch_size_)),
       data_rng(seed) {
@@ -78,7 +83,6 @@ Engine::Engine(const Config& cfg_, int batch_size_, int shard_size_, int threads
   shard_loss.resize(n_shards);
   inputs.resize((size_t)batch_size * cfg.block_size);
   targets.resize((size_t)batch_size * cfg.block_size);
-  arena = std::make_unique<tbb::task_arena>(threads);
 }
 
 double Engine::train_step(const std::vector<int32_t>& split, float lr, float grad_clip, const AdamW& opt,
@@ -89,7 +93,7 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   const float dloss = 1.f / (float)((size_t)batch_size * T);
   const auto t1 = Clock::now();
 
-  arena->execute([&] {
+  pool.arena->execute([&] {
     tbb::parallel_for(tbb::blocked_range<int>(0, n_shards, 1), [&](const tbb::blocked_range<int>& r) {
       Activations& a = acts.local();
       for (int s = r.begin(); s != r.end(); ++s) {
@@ -110,7 +114,7 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
 
   // Reduce shard gradients into shard_grads[0], shard order fixed, fused with the norm.
   float* g0 = shard_grads[0].data();
-  arena->execute([&] {
+  pool.arena->execute([&] {
     tbb::parallel_for(tbb::blocked_range<size_t>(0, chunks.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
       for (size_t c = r.begin(); c != r.end(); ++c) {
         const size_t b = chunks[c].begin, n = chunks[c].end - b;
@@ -136,7 +140,7 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   }
   const float scale = (grad_clip > 0 && norm > grad_clip) ? (float)(grad_clip / norm) : 1.f;
   ++step;
-  arena->execute([&] {
+  pool.arena->execute([&] {
     tbb::parallel_for(tbb::blocked_range<size_t>(0, chunks.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
       for (size_t c = r.begin(); c != r.end(); ++c) {
         const size_t b = chunks[c].begin, n = chunks[c].end - b;
@@ -164,7 +168,7 @@ double Engine::estimate_loss(const std::vector<int32_t>& split, int iters, uint6
                  tg.data() + (size_t)i * batch_size * T);
   const int tasks = iters * n_shards;
   std::vector<double> sums(tasks);
-  arena->execute([&] {
+  pool.arena->execute([&] {
     tbb::parallel_for(tbb::blocked_range<int>(0, tasks, 1), [&](const tbb::blocked_range<int>& r) {
       Activations& a = acts.local();
       for (int k = r.begin(); k != r.end(); ++k) {

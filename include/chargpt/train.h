@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <tbb/enumerable_thread_specific.h>
+#include <tbb/global_control.h>
 #include <tbb/task_arena.h>
 
 #include "chargpt/buffer.h"
@@ -54,6 +55,15 @@ int default_shard_size(int batch_size);
 // The optimizer-state file that sits beside a weights file.
 std::string optim_state_path(const std::string& weights_path);
 
+// A task_arena of `threads` threads (0 = all hardware threads). More threads
+// than cores are allowed (oversubscription); TBB's global cap is lifted for that.
+struct ThreadPool {
+  int threads;
+  std::unique_ptr<tbb::global_control> allow;
+  std::unique_ptr<tbb::task_arena> arena;
+  explicit ThreadPool(int threads);
+};
+
 struct StepTiming {
   double fwd_bwd_s = 0, reduce_opt_s = 0, other_s = 0;
 };
@@ -61,6 +71,7 @@ struct StepTiming {
 struct Engine {
   Config cfg;
   int batch_size, shard_size, n_shards;
+  ThreadPool pool;
   int threads;
   std::vector<ParamSpec> specs;
   FloatBuffer params, m, v;
@@ -75,7 +86,6 @@ struct Engine {
   std::vector<double> chunk_sumsq;    // per-chunk partial of the squared gradient norm
   std::vector<double> shard_loss;     // per-shard loss sums
   std::vector<int32_t> inputs, targets;  // [B,T]
-  std::unique_ptr<tbb::task_arena> arena;
   tbb::enumerable_thread_specific<Activations> acts;
   int step = 0;  // completed optimizer steps
   Rng data_rng;
