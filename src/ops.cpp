@@ -172,22 +172,30 @@ static inline float exp_approx(float x) {
   return e * std::bit_cast<float>(((int32_t)n + 127) << 23);
 }
 
-// tanh(u) = 1 - 2 / (exp(2u) + 1); absolute error ~1e-7, which is what GELU needs.
-static inline float tanh_approx(float u) { return 1.f - 2.f / (exp_approx(2.f * u) + 1.f); }
+// 0.5·(1 + tanh(u)) = sigmoid(2u) = e/(e+1) with e = exp(2u), and 1 - sigmoid =
+// 1/(e+1): neither side cancels, so GELU and its slope stay accurate for any x.
+struct Sigmoid2 {
+  float s, one_minus_s;
+};
+static inline Sigmoid2 sigmoid2(float u) {
+  const float e = exp_approx(2.f * u);
+  const float inv = 1.f / (e + 1.f);
+  return {e * inv, inv};
+}
 
 void gelu_forward(float* out, const float* inp, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float x = inp[i];
-    out[i] = 0.5f * x * (1.f + tanh_approx(kGeluC * (x + 0.044715f * x * x * x)));
+    out[i] = x * sigmoid2(kGeluC * (x + 0.044715f * x * x * x)).s;
   }
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float x = inp[i];
-    const float th = tanh_approx(kGeluC * (x + 0.044715f * x * x * x));
-    const float sech2 = 1.f - th * th;
-    const float grad = 0.5f * (1.f + th) + 0.5f * x * sech2 * kGeluC * (1.f + 3.f * 0.044715f * x * x);
+    const Sigmoid2 g = sigmoid2(kGeluC * (x + 0.044715f * x * x * x));
+    // d/dx x·s(u(x)) = s + x · 2s(1-s) · u'(x), since 1 - tanh² = 4s(1-s)
+    const float grad = g.s + 2.f * x * g.s * g.one_minus_s * kGeluC * (1.f + 3.f * 0.044715f * x * x);
     dinp[i] = grad * dout[i];
   }
 }
@@ -212,7 +220,7 @@ void softmax_crossentropy_forward(float* losses, float* probs, const float* logi
     const float inv = 1.f / sum;
     for (int i = 0; i < V; ++i) p[i] *= inv;
     // -log softmax from the logits directly: exact even when the probability underflows.
-    losses[r] = std::log(sum) + mx - l_target;
+    losses[r] = std::log(sum) + (mx - l_target);  // (mx - l_target) exact first: no large-logit rounding
   }
 }
 
