@@ -46,7 +46,7 @@ void add_model_options(cxxopts::Options& o) {
       ("n-embd", "embedding width (default: from the preset)", cxxopts::value<int>())
       ("block-size", "context length in characters (default: from the preset)", cxxopts::value<int>())
       ("batch-size", "sequences per step (default: from the preset)", cxxopts::value<int>())
-      ("shard-size", "sequences per parallel task (0 = auto: at most 16 shards); changes the float "
+      ("shard-size", "sequences per parallel task (0 = auto: >= 128 tokens a shard, at most 16 shards); changes the float "
                      "summation order, so keep it fixed to reproduce a run",
        cxxopts::value<int>()->default_value("0"));
 }

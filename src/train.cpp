@@ -28,7 +28,12 @@ static double seconds_since(Clock::time_point t) { return std::chrono::duration<
 
 std::atomic<int> g_interrupts{0};
 
-int default_shard_size(int batch_size) { return (batch_size + 15) / 16; }
+int default_shard_size(int batch_size, int block_size) {
+  // At least 128 rows per shard (smaller matmuls lose much of sgemm's rate and
+  // every shard re-reads and re-writes a whole gradient buffer) and at most 16 shards.
+  const int min_rows = (128 + block_size - 1) / block_size;
+  return std::min(batch_size, std::max(min_rows, (batch_size + 15) / 16));
+}
 
 std::string optim_state_path(const std::string& weights_path) {
   std::string base = weights_path;
@@ -53,12 +58,12 @@ ThreadPool::ThreadPool(int n) : threads(n > 0 ? n : tbb::info::default_concurren
 Engine::Engine(const Config& cfg_, int batch_size_, int shard_size_, int threads_, uint64_t seed)
     : cfg(cfg_),
       batch_size(batch_size_),
-      shard_size(shard_size_ > 0 ? shard_size_ : default_shard_size(batch_size_)),
+      shard_size(shard_size_ > 0 ? shard_size_ : default_shard_size(batch_size_, cfg_.block_size)),
       n_shards((batch_size_ + shard_size - 1) / shard_size),
       pool(threads_),
       threads(pool.threads),
       specs(param_specs(cfg_)),
-      acts(cfg_, shard_size_ > 0 ? shard_size_ : default_shard_size(batch_size_)),
+      acts(cfg_, shard_size),
       data_rng(seed) {
   cfg.validate();
   if (batch_size < 1) throw std::runtime_error("batch size " + std::to_string(batch_size) + " must be >= 1");

@@ -48,9 +48,10 @@ struct TrainOptions {
   bool quiet = false;  // no progress output (tests, bench)
 };
 
-// Shard size used when --shard-size is not given: at most 16 shards, so that up
-// to 16 cores find work, and never more shards than sequences.
-int default_shard_size(int batch_size);
+// Shard size used when --shard-size is not given: at least 128 token rows per
+// shard and at most 16 shards (so up to 16 cores find work). It depends only on
+// the batch shape, never on the thread count.
+int default_shard_size(int batch_size, int block_size);
 
 // The optimizer-state file that sits beside a weights file.
 std::string optim_state_path(const std::string& weights_path);
