@@ -1,4 +1,188 @@
+// chargpt sample: generate text from a checkpoint, streaming it to stdout.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+
+#include <unistd.h>
+
+#include <cxxopts.hpp>
+#include <tbb/global_control.h>
+#include <tbb/info.h>
+
+#include "chargpt/checkpoint.h"
 #include "chargpt/cli.h"
+#include "chargpt/data.h"
+#include "chargpt/sample.h"
+#include "chargpt/tokenizer.h"
+#include "chargpt/train.h"
+
 namespace chargpt {
-int cmd_sample(int, char**) { throw UsageError("not implemented yet"); }
+
+namespace {
+
+void write_out(const std::string& s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+std::string fmt(float v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", (double)v);
+  return buf;
+}
+
+}  // namespace
+
+int cmd_sample(int argc, char** argv) {
+  cxxopts::Options o("chargpt sample",
+                     "Generate text from a checkpoint with a KV cache, streaming it to stdout (prompt first). "
+                     "Past block_size the model sees a sliding window: when it is full, the next token starts a "
+                     "new window of the last --keep tokens (its cache rebuilt by one prefill). Same checkpoint, "
+                     "prompt, flags and seed give the same text for every --threads value.");
+  o.add_options()
+      ("checkpoint", "model to sample from", cxxopts::value<std::string>()->default_value("checkpoints/shakespeare.safetensors"))
+      ("prompt", "text to start from (default: a newline)", cxxopts::value<std::string>())
+      ("prompt-file", "read the prompt from this UTF-8 file", cxxopts::value<std::string>())
+      ("tokens", "characters to generate", cxxopts::value<int>()->default_value("500"))
+      ("temperature", "softmax temperature; 0 = greedy (argmax)", cxxopts::value<float>()->default_value("0.8"))
+      ("top-k", "sample only from the k most likely characters (0 = off)", cxxopts::value<int>()->default_value("0"))
+      ("top-p", "nucleus sampling: only the smallest set of most likely characters whose probability reaches p "
+                "(1 = off)", cxxopts::value<float>()->default_value("1.0"))
+      ("seed", "random seed", cxxopts::value<uint64_t>()->default_value("1337"))
+      ("threads", "worker threads (0 = all hardware threads)", cxxopts::value<int>()->default_value("0"))
+      ("keep", "tokens a new context window starts with when the window slides (0 = block_size/2; "
+               "block_size = nanoGPT's crop, a whole-window forward every token past block_size)",
+       cxxopts::value<int>()->default_value("0"))
+      ("no-kv-cache", "recompute the whole context window with the batched forward for every token (baseline)")
+      ("json", "print one JSON object at the end (text and timings) instead of streaming")
+      ("h,help", "show this help");
+  cxxopts::ParseResult r;
+  try {
+    r = o.parse(argc, argv);
+  } catch (const cxxopts::exceptions::exception& e) {
+    throw UsageError(e.what());
+  }
+  if (!r.unmatched().empty()) throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
+  if (r.count("help")) {
+    std::cout << o.help() << std::flush;
+    return 0;
+  }
+
+  // Flag checks that need no checkpoint come first.
+  const int tokens = r["tokens"].as<int>();
+  const float temperature = r["temperature"].as<float>();
+  const int top_k = r["top-k"].as<int>();
+  const float top_p = r["top-p"].as<float>();
+  const int threads = r["threads"].as<int>();
+  const int keep = r["keep"].as<int>();
+  if (tokens < 0) throw UsageError("--tokens must be >= 0, got " + std::to_string(tokens));
+  if (!(std::isfinite(temperature) && temperature >= 0.f))
+    throw UsageError("--temperature must be a finite number >= 0, got " + fmt(temperature));
+  if (top_k < 0) throw UsageError("--top-k must be >= 0 (0 = off), got " + std::to_string(top_k));
+  if (!(top_p > 0.f && top_p <= 1.f))
+    throw UsageError("--top-p must be in (0, 1], got " + fmt(top_p));
+  if (threads < 0) throw UsageError("--threads must be >= 0, got " + std::to_string(threads));
+  if (keep < 0) throw UsageError("--keep must be >= 0, got " + std::to_string(keep));
+  if (r.count("prompt") && r.count("prompt-file")) throw UsageError("--prompt and --prompt-file cannot be used together");
+
+  // The prompt's text, before the (slow) checkpoint load, so its problems show at once.
+  std::u32string prompt_cps;
+  const bool from_file = r.count("prompt-file") > 0;
+  const std::string prompt_file = from_file ? r["prompt-file"].as<std::string>() : "";
+  if (from_file) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(prompt_file, ec))
+      throw std::runtime_error("prompt file '" + prompt_file + "' is a directory");
+    const std::string bytes = read_file(prompt_file);
+    try {
+      prompt_cps = utf8_decode(bytes);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("prompt file '" + prompt_file + "': " + e.what());
+    }
+    if (prompt_cps.empty()) throw std::runtime_error("prompt is empty (prompt file '" + prompt_file + "')");
+  } else {
+    const std::string bytes = r.count("prompt") ? r["prompt"].as<std::string>() : "\n";
+    try {
+      prompt_cps = utf8_decode(bytes);
+    } catch (const std::exception& e) {
+      throw UsageError(std::string("--prompt: ") + e.what());
+    }
+    if (prompt_cps.empty()) throw UsageError("prompt is empty");
+  }
+
+  const std::string ckpt = r["checkpoint"].as<std::string>();
+  Model m = load_model(ckpt);
+  const Config& cfg = m.cfg;
+  if (top_k > cfg.vocab_size)
+    throw UsageError("--top-k " + std::to_string(top_k) + " is larger than the vocabulary (" +
+                     std::to_string(cfg.vocab_size) + " characters in '" + ckpt + "')");
+  if (keep > cfg.block_size)
+    throw UsageError("--keep " + std::to_string(keep) + " is larger than the block size (" +
+                     std::to_string(cfg.block_size) + " in '" + ckpt + "')");
+  std::vector<int32_t> prompt;
+  try {
+    prompt = m.tok.encode(prompt_cps);
+  } catch (const std::exception& e) {
+    const std::string where = from_file ? "prompt file '" + prompt_file + "'" : "--prompt";
+    const std::string msg = where + ": " + e.what() + " (the vocabulary of '" + ckpt + "')";
+    if (from_file) throw std::runtime_error(msg);
+    throw UsageError(msg);
+  }
+
+  Sampler sampler(temperature, top_k, top_p, r["seed"].as<uint64_t>());
+  GenerateOptions g;
+  g.max_new_tokens = tokens;
+  g.kv_cache = r.count("no-kv-cache") == 0;
+  g.threads = threads;
+  g.keep = keep;
+  const bool json_out = r.count("json") > 0;
+  // More threads than cores: honour the request (results are the same for any count).
+  std::unique_ptr<tbb::global_control> allow;
+  if (threads > tbb::info::default_concurrency())
+    allow = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+
+  std::string text = utf8_encode(prompt_cps);
+  if (!json_out) write_out(text);
+  GenerateStats st;
+  generate(cfg, m.params.data(), prompt, sampler, g,
+           [&](int32_t id) {
+             const std::string s = m.tok.decode(id);
+             if (json_out) text += s;
+             else write_out(s);
+           },
+           &st);
+
+  const double tok_s = st.seconds > 0 ? st.new_tokens / st.seconds : 0;
+  const double ms_tok = st.new_tokens > 0 ? 1000.0 * st.seconds / st.new_tokens : 0;
+  const double rss_mb = peak_rss_bytes() / 1048576.0;
+  const int used_threads = st.threads;
+  if (json_out) {
+    nlohmann::json j{{"checkpoint", ckpt},
+                     {"kv_cache", g.kv_cache},
+                     {"threads", used_threads},
+                     {"prompt_tokens", st.prompt_tokens},
+                     {"new_tokens", st.new_tokens},
+                     {"window_rebuilds", st.rebuilds},
+                     {"seconds", st.seconds},
+                     {"prefill_ms", 1000 * st.prefill_s},
+                     {"tokens_per_s", tok_s},
+                     {"ms_per_token", ms_tok},
+                     {"peak_rss_mb", rss_mb},
+                     {"text", text}};
+    std::cout << j.dump() << "\n" << std::flush;
+  } else {
+    if (isatty(STDOUT_FILENO)) write_out("\n");  // a terminal gets its prompt back on a new line
+    std::fprintf(stderr, "chargpt sample: %d tokens in %.3fs, %.0f tokens/s (%.3f ms/token), %s, %d thread%s, "
+                 "peak memory %.1f MiB\n",
+                 st.new_tokens, st.seconds, tok_s, ms_tok, g.kv_cache ? "KV cache" : "no KV cache", used_threads,
+                 used_threads == 1 ? "" : "s", rss_mb);
+  }
+  return 0;
+}
+
 }  // namespace chargpt

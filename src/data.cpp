@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -9,6 +10,7 @@
 namespace chargpt {
 
 std::string read_file(const std::string& path) {
+  if (std::filesystem::is_directory(path)) throw std::runtime_error("'" + path + "' is a directory, not a file");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error("cannot open '" + path + "': " + std::strerror(errno));
   std::ostringstream ss;

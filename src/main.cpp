@@ -192,25 +192,35 @@ void usage(std::FILE* f) {
                "  bench    time training steps over a sweep of thread counts\n");
 }
 
-// OpenBLAS picks its kernels once, when the library loads, from the CPU it
-// detects or from OPENBLAS_CORETYPE. Debian 12's OpenBLAS 0.3.21 does not know
-// Sapphire Rapids (or Zen 4) and falls back to a core whose sgemm kernel is the
-// AVX2 one: 70 GFLOP/s on one core of our CI machine against 112 for its AVX-512
-// SkylakeX kernel. On such CPUs we set OPENBLAS_CORETYPE and re-exec once, so the
-// library loads again with the right kernels. A user's own OPENBLAS_CORETYPE wins.
-void prefer_avx512_blas(char** argv) {
-  if (std::getenv("OPENBLAS_CORETYPE") || !__builtin_cpu_supports("avx512f")) return;
-  std::string core = openblas_get_corename();
-  for (char& c : core) c = (char)std::tolower((unsigned char)c);
-  if (core != "cooperlake" && core != "haswell" && core != "zen") return;
-  setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
-  execv("/proc/self/exe", argv);  // returns only on failure: then carry on as we are
+// OpenBLAS reads its settings once, when the library loads, so they are set
+// here and the program re-executes itself once (a user's own settings win):
+// - OPENBLAS_NUM_THREADS=1: we call BLAS from our own oneTBB tasks. Without it
+//   OpenBLAS starts a thread per core at load time, and those spin for a while
+//   even after openblas_set_num_threads(1), stealing cores from our workers.
+// - OPENBLAS_CORETYPE=SKYLAKEX on AVX-512 CPUs that Debian 12's OpenBLAS 0.3.21
+//   does not know (Sapphire Rapids, Zen 4): it falls back to its AVX2 Haswell
+//   kernel, 70 GFLOP/s on one core of our CI machine against 112 for SkylakeX's.
+void configure_openblas(char** argv) {
+  bool changed = false;
+  if (!std::getenv("OPENBLAS_NUM_THREADS")) {
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    changed = true;
+  }
+  if (!std::getenv("OPENBLAS_CORETYPE") && __builtin_cpu_supports("avx512f")) {
+    std::string core = openblas_get_corename();
+    for (char& c : core) c = (char)std::tolower((unsigned char)c);
+    if (core == "cooperlake" || core == "haswell" || core == "zen") {
+      setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
+      changed = true;
+    }
+  }
+  if (changed) execv("/proc/self/exe", argv);  // returns only on failure: then carry on as we are
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  prefer_avx512_blas(argv);
+  configure_openblas(argv);
   if (argc < 2) {
     usage(stderr);
     return 2;
