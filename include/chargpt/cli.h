@@ -3,11 +3,20 @@
 // or throws (std::runtime_error for runtime failures, chargpt::UsageError for bad usage).
 #include <stdexcept>
 
+#include <cxxopts.hpp>
+
+#include "chargpt/model.h"
+
 namespace chargpt {
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// The model and batch options (--preset baby|nanogpt and the overrides,
+// --shard-size), added to a subcommand's options and read back, checked.
+void add_model_options(cxxopts::Options& o);
+void read_model_options(const cxxopts::ParseResult& r, Config& cfg, int& batch_size, int& shard_size);
 
 int cmd_sample(int argc, char** argv);  // src/cmd_sample.cpp
 int cmd_bench(int argc, char** argv);   // src/cmd_bench.cpp
