@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <cxxopts.hpp>
-#include <tbb/global_control.h>
 #include <tbb/info.h>
 
 #include "chargpt/checkpoint.h"
@@ -142,9 +141,7 @@ int cmd_sample(int argc, char** argv) {
   g.keep = keep;
   const bool json_out = r.count("json") > 0;
   // More threads than cores: honour the request (results are the same for any count).
-  std::unique_ptr<tbb::global_control> allow;
-  if (threads > tbb::info::default_concurrency())
-    allow = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+  allow_parallelism(threads);
 
   std::string text = utf8_encode(prompt_cps);
   if (!json_out) write_out(text);

@@ -11,9 +11,11 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <mutex>
 #include <stdexcept>
 
 #include <tbb/blocked_range.h>
+#include <tbb/global_control.h>
 #include <tbb/info.h>
 #include <tbb/parallel_for.h>
 
@@ -49,9 +51,22 @@ size_t peak_rss_bytes() {
   return (size_t)ru.ru_maxrss * 1024;
 }
 
+// oneTBB caps every arena at the hardware threads unless a global_control
+// raises the cap, and when several are alive the smallest wins. So one
+// process-wide control that only ever grows.
+void allow_parallelism(int threads) {
+  static std::mutex mu;
+  static std::unique_ptr<tbb::global_control> control;
+  static int allowed = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  if (threads <= tbb::info::default_concurrency() || threads <= allowed) return;
+  control.reset();
+  control = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+  allowed = threads;
+}
+
 ThreadPool::ThreadPool(int n) : threads(n > 0 ? n : tbb::info::default_concurrency()) {
-  if (threads > tbb::info::default_concurrency())
-    allow = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+  allow_parallelism(threads);
   arena = std::make_unique<tbb::task_arena>(threads);
 }
 

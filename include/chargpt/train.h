@@ -13,7 +13,6 @@
 #include <vector>
 
 #include <tbb/enumerable_thread_specific.h>
-#include <tbb/global_control.h>
 #include <tbb/task_arena.h>
 
 #include "chargpt/buffer.h"
@@ -56,11 +55,14 @@ int default_shard_size(int batch_size, int block_size);
 // The optimizer-state file that sits beside a weights file.
 std::string optim_state_path(const std::string& weights_path);
 
+// Lets arenas of up to `threads` threads run that many even past the hardware
+// threads (oversubscription): oneTBB caps them otherwise. Process-wide, only grows.
+void allow_parallelism(int threads);
+
 // A task_arena of `threads` threads (0 = all hardware threads). More threads
 // than cores are allowed (oversubscription); TBB's global cap is lifted for that.
 struct ThreadPool {
   int threads;
-  std::unique_ptr<tbb::global_control> allow;
   std::unique_ptr<tbb::task_arena> arena;
   explicit ThreadPool(int threads);
 };

@@ -1,0 +1,183 @@
+#pragma once
+// `chargpt bench`: core-count scaling of training steps.
+//
+// Method. One Engine per thread count, all built from the same seed and the
+// same init_params, so every setting trains the same model on the same batches
+// (and, by the Engine's design, to bit-identical weights). Rounds are
+// interleaved (1,2,4,1,2,4,...) so that slow drift of the machine (frequency,
+// other load) lands on every setting alike; warmup steps run only in the first
+// round. Per setting we report the median step time and the scaled MAD
+// (1.4826 x median absolute deviation, a robust estimate of one step's spread)
+// over all timed steps of all rounds. The sgemm FLOP rate that MFU is measured
+// against is taken the way we use BLAS: `threads` independent single-threaded
+// sgemm calls in parallel oneTBB tasks, best of several repetitions, sampled
+// after every round but the first and at the end (best sample wins), because
+// the speed of a shared machine drifts. What other processes took of the CPU
+// while each setting was timed is measured (/proc/stat minus our rusage) and
+// reported beside it; a hypervisor's steal may not show there.
+#include <cstddef>
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "chargpt/model.h"
+
+namespace chargpt {
+
+// ---------------------------------------------------------------------------
+// Statistics: pure functions, unit-tested on fixed inputs.
+
+// Median; the mean of the two middle values for an even count. Throws on empty input.
+double median(std::vector<double> xs);
+
+// 1.4826 * median(|x - median(x)|): for normally distributed data this
+// estimates the standard deviation, but one outlier cannot move it. 0 for one value.
+double scaled_mad(const std::vector<double>& xs);
+
+// Speedup of `threads` over `base_threads` divided by the ideal speedup
+// threads/base_threads (with base_threads = 1: speedup / threads).
+double parallel_efficiency(double speedup, int threads, int base_threads = 1);
+
+// Amdahl's law, S(n) = 1 / (s + (1-s)/n): the serial fraction s that explains a
+// measured step time t_n at n threads given t_base at base_threads (both > 0,
+// n != base). With base 1 this is s = (n/S - 1)/(n - 1), S = t_1/t_n. Not
+// clamped: a negative s means superlinear speedup, s > 1 a slowdown.
+double amdahl_serial_fraction(double t_base, int base_threads, double t_n, int n);
+
+// Amdahl's predicted speedup over one thread at n threads; s is clamped to [0, 1].
+double amdahl_speedup(double s, int n);
+
+// A finer model for our step: the phases are fitted separately, and
+// forward+backward runs as `n_shards` equal tasks, so n threads need
+// ceil(n_shards/n) rounds of them and never get more than n_shards-way
+// parallelism. Fractions are each phase's share of the one-thread step time
+// (they are normalised to sum to 1); serial fractions are clamped to [0, 1].
+struct PhaseModel {
+  double fwd_bwd_frac, reduce_opt_frac, rest_frac;
+  double fwd_bwd_serial, reduce_opt_serial, rest_serial;
+  int n_shards;
+};
+// Fraction of one-thread time the parallel part of forward+backward takes at n
+// threads: ceil(k/n)/k (equals 1/n when n divides k).
+double shard_granularity(int n_shards, int n);
+// Serial fraction of one phase from its times at base_threads and n (as
+// amdahl_serial_fraction, but with the shard granularity when n_shards > 0).
+double phase_serial_fraction(double t_base, int base_threads, double t_n, int n, int n_shards = 0);
+double phase_model_speedup(const PhaseModel& m, int n);
+
+// ---------------------------------------------------------------------------
+// Thread lists.
+
+// 1, 2, 4, ... up to hw, plus hw itself if it is not a power of two.
+std::vector<int> default_thread_counts(int hw);
+// "all" (= default_thread_counts(hw)) or a comma list like "1,2,3": sorted,
+// duplicates removed. Throws UsageError on anything else or a count < 1.
+std::vector<int> parse_thread_list(const std::string& spec, int hw);
+
+// ---------------------------------------------------------------------------
+// The bench.
+
+struct BenchOptions {
+  Config model;  // vocab_size comes from the data
+  int batch_size = 12;
+  int shard_size = 0;  // 0 = default_shard_size(batch_size)
+  std::vector<int> threads;  // empty = default_thread_counts(hardware threads)
+  int steps = 20;   // timed steps per setting per round
+  int warmup = 5;   // untimed steps per setting, first round only
+  int rounds = 3;
+  float lr = 1e-3f;  // constant learning rate (AdamW defaults, grad clip 1)
+  uint64_t seed = 1337;
+  int loss_tail = 5;     // the end loss is the mean of this many last step losses
+  int sgemm_n = 1024;    // square sgemm size for the FLOP-rate measurement
+  int sgemm_reps = 5;    // best of
+};
+
+struct BenchRow {
+  int threads = 0;
+  bool oversubscribed = false;  // threads > hardware threads
+  // Distinct OS threads that ran forward+backward over the whole run. oneTBB
+  // workers rotate between calls, so it may exceed `threads`; less than
+  // min(threads, shards) means the arena never got that many threads.
+  int threads_seen = 0;
+  // min(threads, oneTBB's active max_allowed_parallelism) while it ran (lowest
+  // over rounds): below `threads` means oneTBB capped the arena (a check on
+  // allow_parallelism, which should prevent that).
+  int concurrency_cap = 0;
+  std::vector<double> step_s;   // every timed step, in order
+  std::vector<double> round_median_s;
+  double median_s = 0, mad_s = 0;
+  double fwd_bwd_s = 0, reduce_opt_s = 0, rest_s = 0;  // medians; rest = step - fwd_bwd - reduce_opt
+  double tok_per_s = 0;
+  double speedup = 0, efficiency = 0;
+  double model_flops_per_s = 0, sgemm_flops_per_s = 0, mfu = 0;
+  double loss_first = 0, loss_last = 0;
+  // CPU time other processes used while this setting's timed steps ran, as a
+  // fraction of the machine (all hardware threads); -1 where /proc/stat is unreadable.
+  double other_cpu_frac = -1;
+  std::vector<double> round_other_cpu_frac;  // the same per round
+  size_t engine_bytes = 0;    // Engine::bytes_allocated()
+  size_t peak_rss_bytes = 0;  // process high-water mark after this setting's first round
+};
+
+struct AmdahlFit {
+  bool valid = false;
+  int base_threads = 0, n = 0;  // fitted from these two settings
+  double speedup = 0;           // measured, t_base / t_n
+  double serial_fraction = 0;   // whole step
+  // Rounds are paired (interleaved), so each round gives its own speedup
+  // (ratio of the two settings' round medians); their range, and the range of
+  // s it implies, shows how firm the fit is. Empty with a single round.
+  std::vector<double> round_speedups;
+  double serial_fraction_lo = 0, serial_fraction_hi = 0;
+  PhaseModel phases{};
+  std::vector<int> predict_at;  // 8, 16, 64 (speedups over one thread)
+  std::vector<double> predicted, predicted_phase_model;
+  std::string note;  // why there is no fit, or what it rests on
+};
+
+struct BenchResult {
+  BenchOptions opt;  // with threads and vocab_size filled in
+  std::string data_path;
+  int hardware_threads = 0;
+  int n_shards = 0, shard_size = 0;
+  size_t n_params = 0;
+  double flops_per_step = 0;
+  std::vector<BenchRow> rows;
+  AmdahlFit amdahl;
+  bool losses_identical = true;  // all settings ended at the same loss
+  // 1-minute load average (/proc/loadavg; -1 where unavailable) before the
+  // run and at its end: other work on the machine skews every number here.
+  double load_before = -1, load_after = -1;
+  std::string blas_core;  // openblas_get_corename(): the kernels OpenBLAS picked
+};
+
+// The 1-minute load average, or -1 where /proc/loadavg cannot be read.
+double load_average();
+
+// CPU accounting to see how much of the machine others took: busy seconds of
+// the whole machine (/proc/stat, all CPUs; negative where unreadable) and CPU
+// seconds of this process (all threads).
+double machine_busy_seconds();
+double process_cpu_seconds();
+
+// Runs the bench on an encoded dataset. Progress lines go to `progress` (may be null).
+BenchResult run_bench(const BenchOptions& opt, const std::vector<int32_t>& train_split, int vocab_size,
+                      std::ostream* progress);
+
+// sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
+// sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
+double measure_sgemm_rate(int threads, int n, int reps);
+
+// Fits Amdahl from the rows (base = smallest count, n = largest count that is
+// not oversubscribed) and predicts 8, 16 and 64 threads.
+AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards);
+
+void print_table(const BenchResult& r, std::ostream& out);
+extern const char* const kBenchCsvHeader;
+void write_csv(const BenchResult& r, std::ostream& out);
+nlohmann::json bench_json(const BenchResult& r);
+
+}  // namespace chargpt
