@@ -1,4 +1,5 @@
 // What several subcommands share: the model/batch options and their presets.
+#include <iostream>
 #include <string>
 
 #include <cxxopts.hpp>
@@ -62,6 +63,22 @@ void read_model_options(const cxxopts::ParseResult& r, Config& cfg, int& batch_s
                      std::to_string(cfg.n_head));
   if (cfg.block_size > 4096) throw UsageError("--block-size must be <= 4096, got " + std::to_string(cfg.block_size));
   if (shard_size < 0) throw UsageError("--shard-size must be >= 0, got " + std::to_string(shard_size));
+}
+
+cxxopts::ParseResult parse_options(cxxopts::Options& o, int argc, char** argv) {
+  try {
+    auto r = o.parse(argc, argv);
+    if (!r.unmatched().empty()) throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
+    return r;
+  } catch (const cxxopts::exceptions::exception& e) {
+    throw UsageError(e.what());
+  }
+}
+
+bool wants_help(cxxopts::Options& o, const cxxopts::ParseResult& r) {
+  if (!r.count("help")) return false;
+  std::cout << o.help() << std::flush;
+  return true;
 }
 
 }  // namespace chargpt

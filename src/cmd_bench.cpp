@@ -35,17 +35,8 @@ int cmd_bench(int argc, char** argv) {
       ("json", "print one JSON object on stdout (the table goes to stderr)")
       ("q,quiet", "no per-round progress on stderr")
       ("h,help", "show this help");
-  cxxopts::ParseResult r;
-  try {
-    r = o.parse(argc, argv);
-    if (!r.unmatched().empty()) throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
-  } catch (const cxxopts::exceptions::exception& e) {
-    throw UsageError(e.what());
-  }
-  if (r.count("help")) {
-    std::cout << o.help() << std::flush;
-    return 0;
-  }
+  const cxxopts::ParseResult r = parse_options(o, argc, argv);
+  if (wants_help(o, r)) return 0;
 
   BenchOptions b;
   read_model_options(r, b.model, b.batch_size, b.shard_size);

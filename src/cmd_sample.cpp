@@ -60,17 +60,8 @@ int cmd_sample(int argc, char** argv) {
       ("no-kv-cache", "recompute the whole context window with the batched forward for every token (baseline)")
       ("json", "print one JSON object at the end (text and timings) instead of streaming")
       ("h,help", "show this help");
-  cxxopts::ParseResult r;
-  try {
-    r = o.parse(argc, argv);
-  } catch (const cxxopts::exceptions::exception& e) {
-    throw UsageError(e.what());
-  }
-  if (!r.unmatched().empty()) throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
-  if (r.count("help")) {
-    std::cout << o.help() << std::flush;
-    return 0;
-  }
+  const cxxopts::ParseResult r = parse_options(o, argc, argv);
+  if (wants_help(o, r)) return 0;
 
   // Flag checks that need no checkpoint come first.
   const int tokens = r["tokens"].as<int>();

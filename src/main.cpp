@@ -22,22 +22,6 @@ using namespace chargpt;
 
 namespace {
 
-cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
-  try {
-    auto r = o.parse(argc, argv);
-    if (!r.unmatched().empty()) throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
-    return r;
-  } catch (const cxxopts::exceptions::exception& e) {
-    throw UsageError(e.what());
-  }
-}
-
-bool wants_help(cxxopts::Options& o, const cxxopts::ParseResult& r) {
-  if (!r.count("help")) return false;
-  std::cout << o.help() << std::flush;
-  return true;
-}
-
 void on_sigint(int) {
   if (g_interrupts.fetch_add(1) >= 1) _exit(130);  // second Ctrl-C: leave at once
   static const char msg[] = "\nCtrl-C: finishing this step and saving (Ctrl-C again to quit now)\n";
@@ -71,7 +55,7 @@ int cmd_train(int argc, char** argv) {
       ("log", "write JSON Lines: one object per logged step and per evaluation", cxxopts::value<std::string>())
       ("log-interval", "steps between log lines", cxxopts::value<int>()->default_value(std::to_string(d.log_interval)))
       ("h,help", "show this help");
-  auto r = parse(o, argc, argv);
+  auto r = parse_options(o, argc, argv);
   if (wants_help(o, r)) return 0;
   TrainOptions t;
   read_model_options(r, t.model, t.batch_size, t.shard_size);
@@ -110,7 +94,7 @@ int cmd_eval(int argc, char** argv) {
       ("threads", "worker threads (0 = all)", cxxopts::value<int>()->default_value("0"))
       ("json", "print one JSON object")
       ("h,help", "show this help");
-  auto r = parse(o, argc, argv);
+  auto r = parse_options(o, argc, argv);
   if (wants_help(o, r)) return 0;
   const std::string split = r["split"].as<std::string>();
   if (split != "val" && split != "train") throw UsageError("--split '" + split + "' must be val or train");

@@ -18,6 +18,11 @@ struct UsageError : std::runtime_error {
 void add_model_options(cxxopts::Options& o);
 void read_model_options(const cxxopts::ParseResult& r, Config& cfg, int& batch_size, int& shard_size);
 
+// Parses argv, turning cxxopts' errors and stray arguments into UsageError.
+cxxopts::ParseResult parse_options(cxxopts::Options& o, int argc, char** argv);
+// With --help: prints the options with their defaults and returns true.
+bool wants_help(cxxopts::Options& o, const cxxopts::ParseResult& r);
+
 int cmd_sample(int argc, char** argv);  // src/cmd_sample.cpp
 int cmd_bench(int argc, char** argv);   // src/cmd_bench.cpp
 
