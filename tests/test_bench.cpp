@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "chargpt/bench.h"
+#include "run_cli.h"
 #include "chargpt/cli.h"
 #include "chargpt/data.h"
 #include "chargpt/rng.h"
@@ -191,19 +192,12 @@ TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
     std::ofstream f(data);
     f << tiny_corpus();
   }
-  const std::string cmd = std::string(CHARGPT_BINARY) + " bench --data " + data +
-                          " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --threads 1,2"
-                          " --steps 2 --warmup 1 --rounds 1 --sgemm-size 64 -q --csv " + csv + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
+  const auto [status, out] = test::run_cli("bench --data " + data +
+                                           " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4"
+                                           " --threads 1,2 --steps 2 --warmup 1 --rounds 1 --sgemm-size 64 -q --csv " +
+                                           csv);
   INFO(out);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(status == 0);
   CHECK(out.find("Amdahl") != std::string::npos);
 
   std::ifstream f(csv);
@@ -228,9 +222,7 @@ TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
   CHECK(threads == std::vector<int>{1, 2});
 
   // bad usage exits 2
-  const std::string bad = std::string(CHARGPT_BINARY) + " bench --threads 0 --data " + data + " >/dev/null 2>&1";
-  const int st = std::system(bad.c_str());
-  CHECK(WEXITSTATUS(st) == 2);
+  CHECK(test::run_cli("bench --threads 0 --data " + data).status == 2);
   fs::remove(data);
   fs::remove(csv);
 }

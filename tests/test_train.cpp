@@ -21,8 +21,10 @@
 
 #include "chargpt/checkpoint.h"
 #include "chargpt/train.h"
+#include "run_cli.h"
 
 using namespace chargpt;
+using chargpt::test::run_cli;
 namespace fs = std::filesystem;
 
 extern char** environ;
@@ -70,24 +72,6 @@ std::string bytes_of(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
-}
-
-struct RunResult {
-  int status;
-  std::string output;
-};
-
-// Runs the chargpt binary with a shell command line; stdout+stderr captured.
-RunResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(CHARGPT_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
 }
 
 }  // namespace
