@@ -151,11 +151,11 @@ double measure_sgemm_rate(int threads, int n, int reps) {
       m.b[i] = (float)(rng.below(2001)) * 1e-3f - 1.f;
     }
   }
-  tbb::task_arena arena(threads);
+  ThreadPool pool(threads);
   double best = 1e300;
   for (int rep = 0; rep < std::max(reps, 1) + 1; ++rep) {  // the first rep warms up and is not counted
     const auto t0 = Clock::now();
-    arena.execute([&] {
+    pool.arena->execute([&] {
       tbb::parallel_for(tbb::blocked_range<int>(0, threads, 1), [&](const tbb::blocked_range<int>& r) {
         for (int i = r.begin(); i != r.end(); ++i)
           sgemm(false, false, n, n, n, 1.f, mats[i].a.data(), n, mats[i].b.data(), n, 0.f, mats[i].c.data(), n);
@@ -285,8 +285,6 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
   if (train_split.size() < (size_t)opt.model.block_size + 1)
     throw std::runtime_error("the training split has " + std::to_string(train_split.size()) +
                              " tokens, fewer than block_size+1");
-  const int max_threads = opt.threads.back();
-  allow_parallelism(max_threads);  // oversubscribed settings run as many threads as asked
 
   const Config& cfg = opt.model;
   const AdamW adamw;

@@ -132,7 +132,6 @@ int cmd_sample(int argc, char** argv) {
   g.keep = keep;
   const bool json_out = r.count("json") > 0;
   // More threads than cores: honour the request (results are the same for any count).
-  allow_parallelism(threads);
 
   std::string text = utf8_encode(prompt_cps);
   if (!json_out) write_out(text);

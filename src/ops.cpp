@@ -112,32 +112,34 @@ static inline float exp_approx(float x) {
   return e * std::bit_cast<float>(((int32_t)n + 127) << 23);
 }
 
-void attention_forward(float* out, float* att_probs, const float* qkv, int N, int T, int C, int NH) {
-  const int hd = C / NH, C3 = 3 * C;
-  const float scale = 1.f / std::sqrt((float)hd);
-  for (int n = 0; n < N; ++n)
-    for (int h = 0; h < NH; ++h) {
-      const float* q = qkv + (size_t)n * T * C3 + h * hd;
-      const float* k = q + C;
-      const float* v = q + 2 * C;
-      float* P = att_probs + ((size_t)n * NH + h) * T * T;
-      // Scores for the whole square; the causal half above the diagonal is zeroed below.
-      sgemm(false, true, T, T, hd, scale, q, C3, k, C3, 0.f, P, T);
-      for (int i = 0; i < T; ++i) {
-        float* row = P + (size_t)i * T;
-        float mx = row[0];
-        for (int j = 1; j <= i; ++j) mx = row[j] > mx ? row[j] : mx;
-        float sum = 0.f;
-        for (int j = 0; j <= i; ++j) {
-          row[j] = exp_approx(row[j] - mx);
-          sum += row[j];
-        }
-        const float inv = 1.f / sum;
-        for (int j = 0; j <= i; ++j) row[j] *= inv;
-        for (int j = i + 1; j < T; ++j) row[j] = 0.f;
-      }
-      sgemm(false, false, T, hd, T, 1.f, P, T, v, C3, 0.f, out + (size_t)n * T * C + h * hd, C);
+void attention_head_forward(float* y, int ldy, float* P, const float* q, int T, int C, int hd) {
+  const int C3 = 3 * C;
+  const float* k = q + C;
+  const float* v = q + 2 * C;
+  // Scores for the whole square; the causal half above the diagonal is zeroed below.
+  sgemm(false, true, T, T, hd, 1.f / std::sqrt((float)hd), q, C3, k, C3, 0.f, P, T);
+  for (int i = 0; i < T; ++i) {
+    float* row = P + (size_t)i * T;
+    float mx = row[0];
+    for (int j = 1; j <= i; ++j) mx = row[j] > mx ? row[j] : mx;
+    float sum = 0.f;
+    for (int j = 0; j <= i; ++j) {
+      row[j] = exp_approx(row[j] - mx);
+      sum += row[j];
     }
+    const float inv = 1.f / sum;
+    for (int j = 0; j <= i; ++j) row[j] *= inv;
+    for (int j = i + 1; j < T; ++j) row[j] = 0.f;
+  }
+  sgemm(false, false, T, hd, T, 1.f, P, T, v, C3, 0.f, y, ldy);
+}
+
+void attention_forward(float* out, float* att_probs, const float* qkv, int N, int T, int C, int NH) {
+  const int hd = C / NH;
+  for (int n = 0; n < N; ++n)
+    for (int h = 0; h < NH; ++h)
+      attention_head_forward(out + (size_t)n * T * C + h * hd, C, att_probs + ((size_t)n * NH + h) * T * T,
+                             qkv + (size_t)n * T * 3 * C + h * hd, T, C, hd);
 }
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att_probs,

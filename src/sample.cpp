@@ -193,33 +193,13 @@ constexpr int kRowsPerBlock = 32;
 // that changes no result: every block is computed by the same code either way).
 constexpr long kParallelMacs = 24 * 1024;
 
-// Causal softmax of rows [0, n) of one head's score matrix S (row stride ld),
-// as in attention_forward.
-void causal_softmax_rows(float* S, int n, int ld) {
-  for (int i = 0; i < n; ++i) {
-    float* row = S + (size_t)i * ld;
-    float mx = row[0];
-    for (int j = 1; j <= i; ++j) mx = std::fmax(mx, row[j]);
-    float sum = 0.f;
-    for (int j = 0; j <= i; ++j) {
-      row[j] = std::exp(row[j] - mx);
-      sum += row[j];
-    }
-    const float inv = 1.f / sum;
-    for (int j = 0; j <= i; ++j) row[j] *= inv;
-    for (int j = i + 1; j < n; ++j) row[j] = 0.f;
-  }
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
 // KVCacheModel
 
-static int resolve_threads(int threads) { return threads > 0 ? threads : tbb::info::default_concurrency(); }
-
 KVCacheModel::KVCacheModel(const Config& cfg, const float* params, int threads)
-    : cfg_(cfg), P_(param_views(cfg, const_cast<float*>(params))), threads_(resolve_threads(threads)) {
+    : cfg_(cfg), P_(param_views(cfg, const_cast<float*>(params))), pool_(threads) {
   cfg_.validate();
   blas_single_threaded();
   const size_t L = cfg.n_layer, T = cfg.block_size, C = cfg.n_embd;
@@ -234,7 +214,6 @@ KVCacheModel::KVCacheModel(const Config& cfg, const float* params, int threads)
   att_.resize((size_t)cfg.n_head * T);
   logits_.resize(cfg.vocab_size);
   stats_.resize(2);
-  arena_ = std::make_unique<tbb::task_arena>(threads_);
   affinity_ = std::make_unique<tbb::affinity_partitioner[]>(kSites * cfg.n_layer + 1);
 }
 
@@ -246,7 +225,7 @@ size_t KVCacheModel::bytes() const {
 
 template <class F>
 void KVCacheModel::for_blocks(int site, int blocks, long macs, const F& f) {
-  if (threads_ > 1 && blocks > 1 && macs >= kParallelMacs) {
+  if (pool_.threads > 1 && blocks > 1 && macs >= kParallelMacs) {
     // Each loop has its own affinity_partitioner (shared by a step and a
     // prefill, which split the same weight matrix into the same blocks of
     // rows), so the same blocks tend to land on the same thread every token and
@@ -269,8 +248,8 @@ const float* KVCacheModel::prefill(const int32_t* tokens, int n) {
       throw std::invalid_argument("KVCacheModel::prefill: token id " + std::to_string(tokens[i]) + " out of range");
   len_ = 0;
   if (n == 1) return step(tokens[0]);
-  if (threads_ == 1) prefill_in_arena(tokens, n);
-  else arena_->execute([&] { prefill_in_arena(tokens, n); });
+  if (pool_.threads == 1) prefill_in_arena(tokens, n);
+  else pool_.arena->execute([&] { prefill_in_arena(tokens, n); });
   len_ = n;
   return logits_.data();
 }
@@ -281,8 +260,8 @@ const float* KVCacheModel::step(int32_t token) {
                            "); the window must be rebuilt with prefill");
   if (token < 0 || token >= cfg_.vocab_size)
     throw std::invalid_argument("KVCacheModel::step: token id " + std::to_string(token) + " out of range");
-  if (threads_ == 1) step_in_arena(token);
-  else arena_->execute([&] { step_in_arena(token); });
+  if (pool_.threads == 1) step_in_arena(token);
+  else pool_.arena->execute([&] { step_in_arena(token); });
   ++len_;
   return logits_.data();
 }
@@ -324,7 +303,6 @@ void KVCacheModel::prefill_in_arena(const int32_t* tokens, int n) {
   };
 
   encoder_forward(X, tokens, P_.wte, P_.wpe, 1, n, C);
-  const float scale = 1.f / std::sqrt((float)hd);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerParams& W = P_.layers[l];
     const int site = kSites * l;
@@ -337,11 +315,7 @@ void KVCacheModel::prefill_in_arena(const int32_t* tokens, int n) {
       std::memcpy(Vc + (size_t)t * C, QKV + (size_t)t * 3 * C + 2 * C, C * sizeof(float));
     }
     for_blocks(site + 1, NH, (long)n * n * hd * 2, [&](int h) {
-      const float* q = QKV + h * hd;
-      float* Sh = S + (size_t)h * T * T;
-      sgemm(false, true, n, n, hd, scale, q, 3 * C, q + C, 3 * C, 0.f, Sh, (int)T);
-      causal_softmax_rows(Sh, n, (int)T);
-      sgemm(false, false, n, hd, n, 1.f, Sh, (int)T, q + 2 * C, 3 * C, 0.f, Y + h * hd, C);
+      attention_head_forward(Y + h * hd, C, S + (size_t)h * T * T, QKV + h * hd, n, C, hd);
     });
     gemm(site + 2, R, Y, W.attproj_w, W.attproj_b, C, C, Epilogue::Residual, X);
     layernorm_forward(LN, mean, rstd, R, W.ln2_w, W.ln2_b, n, C);

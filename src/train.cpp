@@ -11,11 +11,9 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <mutex>
 #include <stdexcept>
 
 #include <tbb/blocked_range.h>
-#include <tbb/global_control.h>
 #include <tbb/info.h>
 #include <tbb/parallel_for.h>
 
@@ -49,25 +47,6 @@ size_t peak_rss_bytes() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return (size_t)ru.ru_maxrss * 1024;
-}
-
-// oneTBB caps every arena at the hardware threads unless a global_control
-// raises the cap, and when several are alive the smallest wins. So one
-// process-wide control that only ever grows.
-void allow_parallelism(int threads) {
-  static std::mutex mu;
-  static std::unique_ptr<tbb::global_control> control;
-  static int allowed = 0;
-  std::lock_guard<std::mutex> lock(mu);
-  if (threads <= tbb::info::default_concurrency() || threads <= allowed) return;
-  control.reset();
-  control = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
-  allowed = threads;
-}
-
-ThreadPool::ThreadPool(int n) : threads(n > 0 ? n : tbb::info::default_concurrency()) {
-  allow_parallelism(threads);
-  arena = std::make_unique<tbb::task_arena>(threads);
 }
 
 Engine::Engine(const Config& cfg_, int batch_size_, int shard_size_, int threads_, uint64_t seed)

@@ -28,11 +28,12 @@
 #include <vector>
 
 #include <tbb/partitioner.h>
-#include <tbb/task_arena.h>
+#include <tbb/partitioner.h>
 
 #include "chargpt/buffer.h"
 #include "chargpt/model.h"
 #include "chargpt/rng.h"
+#include "chargpt/threads.h"
 
 namespace chargpt {
 
@@ -113,7 +114,7 @@ class KVCacheModel {
   // Positions in the cache.
   int length() const { return len_; }
   void clear() { len_ = 0; }
-  int threads() const { return threads_; }
+  int threads() const { return pool_.threads; }
   size_t bytes() const;
 
  private:
@@ -125,12 +126,11 @@ class KVCacheModel {
   static constexpr int kSites = 5;  // parallel loops per layer (a step and a prefill share them)
   Config cfg_;
   ParamViews P_;
-  int threads_;
+  ThreadPool pool_;
   int len_ = 0;
   FloatBuffer k_, v_;  // [L, T, C] each
   FloatBuffer x_, xn_, q_, y_, res_, h_, att_, logits_, stats_;  // one position's scratch
   FloatBuffer pre_;  // a whole window's activations, allocated on the first prefill of n > 1
-  std::unique_ptr<tbb::task_arena> arena_;
   std::unique_ptr<tbb::affinity_partitioner[]> affinity_;  // kSites per layer + the LM head
 };
 

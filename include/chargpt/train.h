@@ -20,6 +20,7 @@
 #include "chargpt/model.h"
 #include "chargpt/optim.h"
 #include "chargpt/rng.h"
+#include "chargpt/threads.h"
 
 namespace chargpt {
 
@@ -54,18 +55,6 @@ int default_shard_size(int batch_size, int block_size);
 
 // The optimizer-state file that sits beside a weights file.
 std::string optim_state_path(const std::string& weights_path);
-
-// Lets arenas of up to `threads` threads run that many even past the hardware
-// threads (oversubscription): oneTBB caps them otherwise. Process-wide, only grows.
-void allow_parallelism(int threads);
-
-// A task_arena of `threads` threads (0 = all hardware threads). More threads
-// than cores are allowed (oversubscription); TBB's global cap is lifted for that.
-struct ThreadPool {
-  int threads;
-  std::unique_ptr<tbb::task_arena> arena;
-  explicit ThreadPool(int threads);
-};
 
 struct StepTiming {
   double fwd_bwd_s = 0, reduce_opt_s = 0, other_s = 0;
