@@ -114,7 +114,7 @@ Activations::Activations(const Config& cfg, int max_batch_) : max_batch(max_batc
                            2 * round(BT * 4 * C);
   const size_t total = round(BT * C) + cfg.n_layer * per_layer + round(BT * C) + 2 * round(BT) +
                        round(BT * V) + round(BT) + 2 * round(BT * C) + round(BT * 3 * C) + round(BT * 4 * C) +
-                       round(T * T);
+                       round(attention_scratch_floats(T, C / NH));
   mem.resize(total);
   float* p = mem.data();
   auto take = [&](size_t n) {
@@ -142,7 +142,7 @@ Activations::Activations(const Config& cfg, int max_batch_) : max_batch(max_batc
   d_c = take(BT * C);
   d_qkv = take(BT * 3 * C);
   d_fc = take(BT * 4 * C);
-  d_att = take(T * T);
+  att_scratch = take(attention_scratch_floats(T, C / NH));
   if ((size_t)(p - mem.data()) != total) throw std::logic_error("activation layout size mismatch");
 }
 
@@ -159,7 +159,7 @@ double gpt_forward(const Config& cfg, const ParamViews& P, Activations& a, const
     Activations::Layer& A = a.layers[l];
     layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, x, W.ln1_w, W.ln1_b, R, C);
     matmul_forward(A.qkv, A.ln1, W.qkv_w, W.qkv_b, R, C, 3 * C);
-    attention_forward(A.att_y, A.att_probs, A.qkv, N, t, C, NH);
+    attention_forward(A.att_y, A.att_probs, a.att_scratch, A.qkv, N, t, C, NH);
     matmul_forward(A.res_att, A.att_y, W.attproj_w, W.attproj_b, R, C, C);
     residual_forward(A.res_att, A.res_att, x, (size_t)R * C);
     layernorm_forward(A.ln2, A.ln2_mean, A.ln2_rstd, A.res_att, W.ln2_w, W.ln2_b, R, C);
@@ -201,7 +201,7 @@ void gpt_backward(const Config& cfg, const ParamViews& P, const ParamViews& G, A
     layernorm_backward(a.d_res, dW.ln2_w, dW.ln2_b, a.d_c, A.res_att, W.ln2_w, A.ln2_mean, A.ln2_rstd, R, C);
     // Attention: res_att = x_in + attproj(attention(qkv(ln1(x_in))))
     matmul_backward(a.d_c, dW.attproj_w, dW.attproj_b, a.d_res, A.att_y, W.attproj_w, R, C, C);
-    attention_backward(a.d_qkv, a.d_att, a.d_c, A.qkv, A.att_probs, N, t, C, NH);
+    attention_backward(a.d_qkv, a.att_scratch, a.d_c, A.qkv, A.att_probs, N, t, C, NH);
     matmul_backward(a.d_c, dW.qkv_w, dW.qkv_b, a.d_qkv, A.ln1, W.qkv_w, R, C, 3 * C);
     layernorm_backward(a.d_res, dW.ln1_w, dW.ln1_b, a.d_c, x_in, W.ln1_w, A.ln1_mean, A.ln1_rstd, R, C);
   }

@@ -2,6 +2,7 @@
 
 #include <bit>
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "chargpt/matmul.h"
@@ -112,40 +113,161 @@ static inline float exp_approx(float x) {
   return e * std::bit_cast<float>(((int32_t)n + 127) << 23);
 }
 
-void attention_head_forward(float* y, int ldy, float* P, const float* q, int T, int C, int hd) {
-  const int C3 = 3 * C;
+// ---------------------------------------------------------------------------
+// Causal attention kernels. Per (sequence, head) the products are small (T x T x
+// hd, e.g. 64 x 64 x 32): sgemm on the full square wastes half its work above
+// the diagonal and spends much of the rest on packing. These kernels skip the
+// upper triangle in 4-row blocks and keep their accumulators in registers,
+// 16 floats wide (GCC vector extensions: one zmm with AVX-512, two ymm with AVX2).
+// Every sum runs over its index in a fixed order, so results never depend on
+// the caller's threading.
+
+namespace {
+
+using v16 = float __attribute__((vector_size(64)));
+constexpr int kW = 16;  // floats per v16
+constexpr int kRows = 4;  // rows per register block
+
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+
+int padded(int T) { return (T + kW - 1) / kW * kW; }
+
+// XT[hd, Tp] = X[T, hd] (row stride ldx) transposed, columns T..Tp zero.
+void transpose_pad(float* XT, const float* X, int ldx, int T, int hd) {
+  const int Tp = padded(T);
+  for (int d = 0; d < hd; ++d) {
+    float* row = XT + (size_t)d * Tp;
+    for (int t = 0; t < T; ++t) row[t] = X[(size_t)t * ldx + d];
+    for (int t = T; t < Tp; ++t) row[t] = 0.f;
+  }
+}
+
+// S[i, j] = alpha · Σ_d A[i, d] · BT[d, j] for the NR rows from i0, over the
+// 16-column groups up to the one holding column i0+NR-1 (the causal part plus
+// at most 15 columns of padding). S and BT have row stride Tp.
+template <int NR>
+void scores_rows(float* S, const float* A, int lda, const float* BT, int Tp, int i0, int hd, float alpha) {
+  const int groups = (i0 + NR - 1) / kW + 1;
+  for (int g = 0; g < groups; ++g) {
+    v16 acc[NR] = {};
+    const float* b = BT + g * kW;
+    for (int d = 0; d < hd; ++d) {
+      const v16 bv = load16(b + (size_t)d * Tp);
+      for (int r = 0; r < NR; ++r) acc[r] += A[(size_t)(i0 + r) * lda + d] * bv;
+    }
+    for (int r = 0; r < NR; ++r) store16(S + (size_t)(i0 + r) * Tp + g * kW, acc[r] * alpha);
+  }
+}
+void causal_scores(float* S, const float* A, int lda, const float* BT, int T, int hd, float alpha) {
+  const int Tp = padded(T);
+  int i = 0;
+  for (; i + kRows <= T; i += kRows) scores_rows<kRows>(S, A, lda, BT, Tp, i, hd, alpha);
+  for (; i < T; ++i) scores_rows<1>(S, A, lda, BT, Tp, i, hd, alpha);
+}
+
+// Y[i, :hd] = alpha · Σ_{j<=i} P[i, j] · V[j, :hd] for the NR rows from i0.
+// Needs P[i, j] = 0 for i < j < i0+NR (zeros right of the diagonal in the block).
+template <int NR>
+void lower_times_rows(float* Y, int ldy, const float* P, int ldp, const float* V, int ldv, int i0, int hd,
+                      float alpha) {
+  const int jend = i0 + NR;
+  int c = 0;
+  for (; c + kW <= hd; c += kW) {
+    v16 acc[NR] = {};
+    for (int j = 0; j < jend; ++j) {
+      const v16 vv = load16(V + (size_t)j * ldv + c);
+      for (int r = 0; r < NR; ++r) acc[r] += P[(size_t)(i0 + r) * ldp + j] * vv;
+    }
+    for (int r = 0; r < NR; ++r) store16(Y + (size_t)(i0 + r) * ldy + c, acc[r] * alpha);
+  }
+  for (; c < hd; ++c)  // columns beyond the last whole group of 16
+    for (int r = 0; r < NR; ++r) {
+      float acc = 0.f;
+      for (int j = 0; j < jend; ++j) acc += P[(size_t)(i0 + r) * ldp + j] * V[(size_t)j * ldv + c];
+      Y[(size_t)(i0 + r) * ldy + c] = acc * alpha;
+    }
+}
+void lower_times(float* Y, int ldy, const float* P, int ldp, const float* V, int ldv, int T, int hd, float alpha) {
+  int i = 0;
+  for (; i + kRows <= T; i += kRows) lower_times_rows<kRows>(Y, ldy, P, ldp, V, ldv, i, hd, alpha);
+  for (; i < T; ++i) lower_times_rows<1>(Y, ldy, P, ldp, V, ldv, i, hd, alpha);
+}
+
+// Z[j, :hd] = alpha · Σ_{i>=j} P[i, j] · X[i, :hd] for the NR rows from j0.
+// Needs P[i, j] = 0 for j0 <= i < j (zeros above the diagonal in the block).
+template <int NR>
+void lower_t_times_rows(float* Z, int ldz, const float* P, int ldp, const float* X, int ldx, int j0, int T, int hd,
+                        float alpha) {
+  int c = 0;
+  for (; c + kW <= hd; c += kW) {
+    v16 acc[NR] = {};
+    for (int i = j0; i < T; ++i) {
+      const v16 xv = load16(X + (size_t)i * ldx + c);
+      for (int r = 0; r < NR; ++r) acc[r] += P[(size_t)i * ldp + j0 + r] * xv;
+    }
+    for (int r = 0; r < NR; ++r) store16(Z + (size_t)(j0 + r) * ldz + c, acc[r] * alpha);
+  }
+  for (; c < hd; ++c)
+    for (int r = 0; r < NR; ++r) {
+      float acc = 0.f;
+      for (int i = j0; i < T; ++i) acc += P[(size_t)i * ldp + j0 + r] * X[(size_t)i * ldx + c];
+      Z[(size_t)(j0 + r) * ldz + c] = acc * alpha;
+    }
+}
+void lower_t_times(float* Z, int ldz, const float* P, int ldp, const float* X, int ldx, int T, int hd, float alpha) {
+  int j = 0;
+  for (; j + kRows <= T; j += kRows) lower_t_times_rows<kRows>(Z, ldz, P, ldp, X, ldx, j, T, hd, alpha);
+  for (; j < T; ++j) lower_t_times_rows<1>(Z, ldz, P, ldp, X, ldx, j, T, hd, alpha);
+}
+
+}  // namespace
+
+size_t attention_scratch_floats(int T, int hd) { return (size_t)(T + hd) * padded(T); }
+
+void attention_head_forward(float* y, int ldy, float* P, float* scratch, const float* q, int T, int C, int hd) {
+  const int C3 = 3 * C, Tp = padded(T);
   const float* k = q + C;
   const float* v = q + 2 * C;
-  // Scores for the whole square; the causal half above the diagonal is zeroed below.
-  sgemm(false, true, T, T, hd, 1.f / std::sqrt((float)hd), q, C3, k, C3, 0.f, P, T);
+  float* S = scratch;                      // [T, Tp] scores
+  float* KT = scratch + (size_t)T * Tp;    // [hd, Tp]
+  transpose_pad(KT, k, C3, T, hd);
+  causal_scores(S, q, C3, KT, T, hd, 1.f / std::sqrt((float)hd));
   for (int i = 0; i < T; ++i) {
+    const float* s = S + (size_t)i * Tp;
     float* row = P + (size_t)i * T;
-    float mx = row[0];
-    for (int j = 1; j <= i; ++j) mx = row[j] > mx ? row[j] : mx;
+    float mx = s[0];
+    for (int j = 1; j <= i; ++j) mx = s[j] > mx ? s[j] : mx;
     float sum = 0.f;
     for (int j = 0; j <= i; ++j) {
-      row[j] = exp_approx(row[j] - mx);
+      row[j] = exp_approx(s[j] - mx);
       sum += row[j];
     }
     const float inv = 1.f / sum;
     for (int j = 0; j <= i; ++j) row[j] *= inv;
     for (int j = i + 1; j < T; ++j) row[j] = 0.f;
   }
-  sgemm(false, false, T, hd, T, 1.f, P, T, v, C3, 0.f, y, ldy);
+  lower_times(y, ldy, P, T, v, C3, T, hd, 1.f);
 }
 
-void attention_forward(float* out, float* att_probs, const float* qkv, int N, int T, int C, int NH) {
+void attention_forward(float* out, float* att_probs, float* scratch, const float* qkv, int N, int T, int C, int NH) {
   const int hd = C / NH;
   for (int n = 0; n < N; ++n)
     for (int h = 0; h < NH; ++h)
-      attention_head_forward(out + (size_t)n * T * C + h * hd, C, att_probs + ((size_t)n * NH + h) * T * T,
+      attention_head_forward(out + (size_t)n * T * C + h * hd, C, att_probs + ((size_t)n * NH + h) * T * T, scratch,
                              qkv + (size_t)n * T * 3 * C + h * hd, T, C, hd);
 }
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att_probs,
                         int N, int T, int C, int NH) {
-  const int hd = C / NH, C3 = 3 * C;
+  const int hd = C / NH, C3 = 3 * C, Tp = padded(T);
   const float scale = 1.f / std::sqrt((float)hd);
+  float* dS = scratch;                    // [T, Tp]
+  float* VT = scratch + (size_t)T * Tp;   // [hd, Tp]
   for (int n = 0; n < N; ++n)
     for (int h = 0; h < NH; ++h) {
       const float* q = qkv + (size_t)n * T * C3 + h * hd;
@@ -156,19 +278,20 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
       float* dv = dq + 2 * C;
       const float* P = att_probs + ((size_t)n * NH + h) * T * T;
       const float* dy = dout + (size_t)n * T * C + h * hd;
-      float* dS = scratch;
-      sgemm(false, true, T, T, hd, 1.f, dy, C, v, C3, 0.f, dS, T);      // dP = dy · vᵀ
-      sgemm(true, false, T, hd, T, 1.f, P, T, dy, C, 0.f, dv, C3);      // dv = Pᵀ · dy
-      for (int i = 0; i < T; ++i) {                                     // softmax backward
+      transpose_pad(VT, v, C3, T, hd);
+      causal_scores(dS, dy, C, VT, T, hd, 1.f);   // dP = dy · vᵀ (causal part)
+      lower_t_times(dv, C3, P, T, dy, C, T, hd, 1.f);  // dv = Pᵀ · dy
+      for (int i = 0; i < T; ++i) {               // softmax backward, in place
         const float* p = P + (size_t)i * T;
-        float* d = dS + (size_t)i * T;
+        float* d = dS + (size_t)i * Tp;
         float dot = 0.f;
         for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
         for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot);
-        for (int j = i + 1; j < T; ++j) d[j] = 0.f;
+        const int block_end = std::min(Tp, (i / kRows + 1) * kRows);  // what the kernels below read
+        for (int j = i + 1; j < block_end; ++j) d[j] = 0.f;
       }
-      sgemm(false, false, T, hd, T, scale, dS, T, k, C3, 0.f, dq, C3);  // dq = dS · k / sqrt(hd)
-      sgemm(true, false, T, hd, T, scale, dS, T, q, C3, 0.f, dk, C3);   // dk = dSᵀ · q / sqrt(hd)
+      lower_times(dq, C3, dS, Tp, k, C3, T, hd, scale);    // dq = dS · k / sqrt(hd)
+      lower_t_times(dk, C3, dS, Tp, q, C3, T, hd, scale);  // dk = dSᵀ · q / sqrt(hd)
     }
 }
 

@@ -272,15 +272,16 @@ const float* KVCacheModel::step(int32_t token) {
 void KVCacheModel::prefill_in_arena(const int32_t* tokens, int n) {
   const int C = cfg_.n_embd, NH = cfg_.n_head, hd = C / NH;
   const size_t T = cfg_.block_size;
-  if (pre_.size() == 0) pre_.resize(T * C * 4 + T * 3 * C + T * 4 * C + (size_t)NH * T * T + 2 * T);
+  const size_t head_scratch = T * T + attention_scratch_floats((int)T, hd);  // probs, then scratch
+  if (pre_.size() == 0) pre_.resize(T * C * 4 + T * 3 * C + T * 4 * C + (size_t)NH * head_scratch + 2 * T);
   float* X = pre_.data();           // [T,C] residual stream
   float* LN = X + T * C;            // [T,C]
   float* Y = LN + T * C;            // [T,C] attention output
   float* R = Y + T * C;             // [T,C] residual after attention
   float* QKV = R + T * C;           // [T,3C]
   float* H = QKV + T * 3 * C;       // [T,4C]
-  float* S = H + T * 4 * C;         // [NH,T,T]
-  float* mean = S + (size_t)NH * T * T;
+  float* S = H + T * 4 * C;         // [NH, head_scratch]
+  float* mean = S + (size_t)NH * head_scratch;
   float* rstd = mean + T;
 
   // out[n,OC] = inp[n,IC] · W[OC,IC]ᵀ + b, then GELU or + resid[n,OC].
@@ -315,7 +316,8 @@ void KVCacheModel::prefill_in_arena(const int32_t* tokens, int n) {
       std::memcpy(Vc + (size_t)t * C, QKV + (size_t)t * 3 * C + 2 * C, C * sizeof(float));
     }
     for_blocks(site + 1, NH, (long)n * n * hd * 2, [&](int h) {
-      attention_head_forward(Y + h * hd, C, S + (size_t)h * T * T, QKV + h * hd, n, C, hd);
+      float* Sh = S + (size_t)h * head_scratch;
+      attention_head_forward(Y + h * hd, C, Sh, Sh + (size_t)n * n, QKV + h * hd, n, C, hd);
     });
     gemm(site + 2, R, Y, W.attproj_w, W.attproj_b, C, C, Epilogue::Residual, X);
     layernorm_forward(LN, mean, rstd, R, W.ln2_w, W.ln2_b, n, C);

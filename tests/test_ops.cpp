@@ -350,8 +350,15 @@ namespace {
 struct AttShape {
   int N, T, C, NH;
 };
-// odd small shapes (hd = 4, hd = 3, a single head, T = 1), then the product's (hd = 32)
-const AttShape kAttShapes[] = {{2, 9, 12, 3}, {3, 5, 15, 5}, {1, 6, 8, 1}, {2, 1, 12, 3}, {2, 64, 128, 4}};
+// odd small shapes (hd = 4, hd = 3, a single head, T = 1), then ones that end the kernels' 4-row blocks
+// and 16-float groups part-way (hd = 30, T = 37; hd = 48, T = 50), then the product's (hd = 32)
+const AttShape kAttShapes[] = {{2, 9, 12, 3}, {3, 5, 15, 5}, {1, 6, 8, 1},  {2, 1, 12, 3},
+                               {2, 37, 60, 2}, {1, 50, 96, 2}, {2, 64, 128, 4}};
+// attention_forward with its scratch full of NaN: nothing may read scratch it has not written
+void attention_fwd(float* out, float* probs, const float* qkv, int N, int T, int C, int NH) {
+  VF scratch = nans(attention_scratch_floats(T, C / NH));
+  attention_forward(out, probs, scratch.data(), qkv, N, T, C, NH);
+}
 }  // namespace
 
 TEST_CASE("op: attention forward matches reference") {
@@ -363,7 +370,7 @@ TEST_CASE("op: attention forward matches reference") {
     Rng rng(401);
     const VF qkv = randn(rng, (size_t)s.N * s.T * 3 * s.C, 1.5);  // peaky enough softmaxes
     VF out = nans((size_t)s.N * s.T * s.C), probs = nans((size_t)s.N * s.NH * s.T * s.T);
-    attention_forward(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH);
+    attention_fwd(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH);
     VD rout(out.size()), rprobs(probs.size());
     ref::attention_forward(rout.data(), rprobs.data(), to_d(qkv).data(), s.N, s.T, s.C, s.NH);
     CHECK_CLOSE("attention out", out, rout, kTolFloat);
@@ -381,11 +388,11 @@ TEST_CASE("op: attention backward matches reference (dqkv =)") {
     const VF qkv = randn(rng, (size_t)s.N * s.T * 3 * s.C, 1.5);
     const VF dout = randn(rng, (size_t)s.N * s.T * s.C);
     VF out((size_t)s.N * s.T * s.C), probs((size_t)s.N * s.NH * s.T * s.T);
-    attention_forward(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH);
+    attention_fwd(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH);
     VD rout(out.size()), rprobs(probs.size());
     const VD dqkv_in = to_d(qkv);
     ref::attention_forward(rout.data(), rprobs.data(), dqkv_in.data(), s.N, s.T, s.C, s.NH);
-    VF dqkv = nans(qkv.size()), scratch = nans((size_t)s.T * s.T);  // garbage: dqkv is written (=)
+    VF dqkv = nans(qkv.size()), scratch = nans(attention_scratch_floats(s.T, s.C / s.NH));  // garbage: dqkv is written (=)
     attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), probs.data(), s.N, s.T, s.C, s.NH);
     VD rdqkv(qkv.size(), 12345.0);
     ref::attention_backward(rdqkv.data(), to_d(dout).data(), dqkv_in.data(), rprobs.data(), s.N, s.T, s.C, s.NH);
@@ -423,7 +430,7 @@ TEST_CASE("op: attention probs are causal and rows sum to 1") {
     Rng rng(404);
     const VF qkv = randn(rng, (size_t)s.N * s.T * 3 * s.C, 1.5);
     VF out(s.N * s.T * s.C), probs = nans((size_t)s.N * s.NH * s.T * s.T);
-    attention_forward(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH);
+    attention_fwd(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH);
     size_t nonzero_above = 0, negative = 0;
     double worst_sum = 0;
     for (int r = 0; r < s.N * s.NH; ++r)
@@ -448,7 +455,7 @@ TEST_CASE("op: attention output at position i does not depend on positions j > i
   Rng rng(405);
   const VF qkv = randn(rng, (size_t)N * T * 3 * C, 1.5);
   VF out0((size_t)N * T * C), probs0((size_t)N * NH * T * T);
-  attention_forward(out0.data(), probs0.data(), qkv.data(), N, T, C, NH);
+  attention_fwd(out0.data(), probs0.data(), qkv.data(), N, T, C, NH);
   for (int n = 0; n < N; ++n)
     for (int j = 0; j < T; ++j) {
       CAPTURE(n);
@@ -456,7 +463,7 @@ TEST_CASE("op: attention output at position i does not depend on positions j > i
       VF q2 = qkv;  // perturb q, k and v at (n, j)
       for (int c = 0; c < 3 * C; ++c) q2[((size_t)n * T + j) * 3 * C + c] += (float)(0.5 + rng.uniform());
       VF out((size_t)N * T * C), probs((size_t)N * NH * T * T);
-      attention_forward(out.data(), probs.data(), q2.data(), N, T, C, NH);
+      attention_fwd(out.data(), probs.data(), q2.data(), N, T, C, NH);
       for (int m = 0; m < N; ++m) {
         const float* a = out.data() + (size_t)m * T * C;
         const float* b = out0.data() + (size_t)m * T * C;
@@ -667,7 +674,7 @@ TEST_CASE("op: tolerances catch a wrong index") {
     const int N = 2, T = 9, C = 12, NH = 3;
     const VF qkv = randn(rng, (size_t)N * T * 3 * C, 1.5);
     VF out((size_t)N * T * C), probs((size_t)N * NH * T * T);
-    attention_forward(out.data(), probs.data(), qkv.data(), N, T, C, NH);
+    attention_fwd(out.data(), probs.data(), qkv.data(), N, T, C, NH);
     VD shifted = to_d(qkv);
     for (int p = 0; p < N * T; ++p)
       for (int c = 2 * C; c + 1 < 3 * C; ++c) shifted[(size_t)p * 3 * C + c] = qkv[(size_t)p * 3 * C + c + 1];

@@ -81,7 +81,7 @@ struct Activations {
   float* d_c;     // [N,T,C] gradient of a LayerNorm output or of att_y
   float* d_qkv;   // [N,T,3C]
   float* d_fc;    // [N,T,4C]
-  float* d_att;   // [T,T] one head's score gradient
+  float* att_scratch;  // one head's attention scratch (attention_scratch_floats)
 
   Activations() = default;
   Activations(const Config& cfg, int max_batch);

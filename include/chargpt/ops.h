@@ -28,13 +28,16 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
 
 // Causal multi-head self-attention.
 // qkv[N,T,3C] holds q|k|v per position, heads of size C/NH inside each.
-// out[N,T,C]; att_probs[N,NH,T,T] = softmax(q·kᵀ/sqrt(hd)) with zeros above the diagonal.
-void attention_forward(float* out, float* att_probs, const float* qkv, int N, int T, int C, int NH);
+// out[N,T,C]; att_probs[N,NH,T,T] = softmax(q·kᵀ/sqrt(hd)) with zeros above the diagonal;
+// scratch[attention_scratch_floats(T, C/NH)].
+void attention_forward(float* out, float* att_probs, float* scratch, const float* qkv, int N, int T, int C, int NH);
+// Floats of scratch one (sequence, head) of attention needs, forward or backward.
+size_t attention_scratch_floats(int T, int hd);
 // One (sequence, head) of attention_forward: q is the head's query at position 0
 // of a qkv block with row stride 3C (key at q + C, value at q + 2C); P[T,T]
 // receives the probabilities, y (row stride ldy) the head's output [T,hd].
-void attention_head_forward(float* y, int ldy, float* P, const float* q, int T, int C, int hd);
-// dqkv[N,T,3C] = ; scratch[T,T]. O(T²·hd) per head.
+void attention_head_forward(float* y, int ldy, float* P, float* scratch, const float* q, int T, int C, int hd);
+// dqkv[N,T,3C] = ; scratch[attention_scratch_floats(T, C/NH)]. O(T²·hd) per head.
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att_probs,
                         int N, int T, int C, int NH);
 
