@@ -32,19 +32,59 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
     }
 }
 
+// ---------------------------------------------------------------------------
+// 16-wide float vectors (GCC vector extensions: one zmm with AVX-512, two ymm
+// with AVX2). Sums over a row keep 16 partial sums and add them up in a fixed
+// order at the end, so they vectorise and stay deterministic.
+
+namespace {
+
+using v16 = float __attribute__((vector_size(64)));
+constexpr int kW = 16;  // floats per v16
+
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+
+// Σ of the 16 lanes, in lane order.
+inline float hsum(v16 v) {
+  float s = 0.f;
+  for (int i = 0; i < kW; ++i) s += v[i];
+  return s;
+}
+
+// Σ_c x[c] over a row of C floats.
+inline float row_sum(const float* x, int C) {
+  v16 acc = {};
+  int c = 0;
+  for (; c + kW <= C; c += kW) acc += load16(x + c);
+  float s = hsum(acc);
+  for (; c < C; ++c) s += x[c];
+  return s;
+}
+
+}  // namespace
+
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int R, int C) {
   constexpr float eps = 1e-5f;
   for (int r = 0; r < R; ++r) {
     const float* x = inp + (size_t)r * C;
-    float sum = 0.f;
-    for (int c = 0; c < C; ++c) sum += x[c];
-    const float m = sum / C;
-    float var = 0.f;
-    for (int c = 0; c < C; ++c) var += (x[c] - m) * (x[c] - m);
+    const float m = row_sum(x, C) / C;
+    v16 acc = {};
+    int c = 0;
+    for (; c + kW <= C; c += kW) {
+      const v16 d = load16(x + c) - m;
+      acc += d * d;
+    }
+    float var = hsum(acc);
+    for (; c < C; ++c) var += (x[c] - m) * (x[c] - m);
     const float s = 1.f / std::sqrt(var / C + eps);
     float* o = out + (size_t)r * C;
-    for (int c = 0; c < C; ++c) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+    for (c = 0; c < C; ++c) o[c] = (x[c] - m) * s * weight[c] + bias[c];
     mean[r] = m;
     rstd[r] = s;
   }
@@ -58,8 +98,16 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     float* dx = dinp + (size_t)r * C;
     const float m = mean[r], s = rstd[r];
     // dnorm = d * w; dx = s * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
-    float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
-    for (int c = 0; c < C; ++c) {
+    v16 acc_dnorm = {}, acc_dnorm_norm = {};
+    int c = 0;
+    for (; c + kW <= C; c += kW) {
+      const v16 norm = (load16(x + c) - m) * s;
+      const v16 dnorm = load16(d + c) * load16(weight + c);
+      acc_dnorm += dnorm;
+      acc_dnorm_norm += dnorm * norm;
+    }
+    float dnorm_mean = hsum(acc_dnorm), dnorm_norm_mean = hsum(acc_dnorm_norm);
+    for (; c < C; ++c) {
       const float norm = (x[c] - m) * s;
       const float dnorm = d[c] * weight[c];
       dnorm_mean += dnorm;
@@ -67,7 +115,15 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     }
     dnorm_mean /= C;
     dnorm_norm_mean /= C;
-    for (int c = 0; c < C; ++c) {
+    for (c = 0; c + kW <= C; c += kW) {
+      const v16 dv = load16(d + c);
+      const v16 norm = (load16(x + c) - m) * s;
+      const v16 dnorm = dv * load16(weight + c);
+      store16(dbias + c, load16(dbias + c) + dv);
+      store16(dweight + c, load16(dweight + c) + norm * dv);
+      store16(dx + c, load16(dx + c) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
+    }
+    for (; c < C; ++c) {
       const float norm = (x[c] - m) * s;
       const float dnorm = d[c] * weight[c];
       dbias[c] += d[c];
@@ -118,22 +174,13 @@ static inline float exp_approx(float x) {
 // hd, e.g. 64 x 64 x 32): sgemm on the full square wastes half its work above
 // the diagonal and spends much of the rest on packing. These kernels skip the
 // upper triangle in 4-row blocks and keep their accumulators in registers,
-// 16 floats wide (GCC vector extensions: one zmm with AVX-512, two ymm with AVX2).
+// 16 floats wide.
 // Every sum runs over its index in a fixed order, so results never depend on
 // the caller's threading.
 
 namespace {
 
-using v16 = float __attribute__((vector_size(64)));
-constexpr int kW = 16;  // floats per v16
 constexpr int kRows = 4;  // rows per register block
-
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
 int padded(int T) { return (T + kW - 1) / kW * kW; }
 
@@ -308,15 +355,55 @@ static inline Sigmoid2 sigmoid2(float u) {
   return {e * inv, inv};
 }
 
+// exp_approx on 16 lanes: the same operations lane by lane, so each lane equals
+// exp_approx of it bit for bit.
+static inline v16 exp16(v16 x) {
+  using vi16 = int32_t __attribute__((vector_size(64)));
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const v16 n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  const v16 r = x - n * 0.693359375f - n * -2.12194440e-4f;
+  v16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const v16 e = p * r * r + r + 1.f;
+  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
+  v16 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+}
+
+struct Sigmoid2x16 {
+  v16 s, one_minus_s;
+};
+static inline Sigmoid2x16 sigmoid2(v16 u) {
+  const v16 e = exp16(2.f * u);
+  const v16 inv = 1.f / (e + 1.f);
+  return {e * inv, inv};
+}
+
 void gelu_forward(float* out, const float* inp, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
+  size_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const v16 x = load16(inp + i);
+    store16(out + i, x * sigmoid2(kGeluC * (x + 0.044715f * x * x * x)).s);
+  }
+  for (; i < n; ++i) {
     const float x = inp[i];
     out[i] = x * sigmoid2(kGeluC * (x + 0.044715f * x * x * x)).s;
   }
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
+  size_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const v16 x = load16(inp + i);
+    const Sigmoid2x16 g = sigmoid2(kGeluC * (x + 0.044715f * x * x * x));
+    const v16 grad = g.s + 2.f * x * g.s * g.one_minus_s * kGeluC * (1.f + 3.f * 0.044715f * x * x);
+    store16(dinp + i, grad * load16(dout + i));
+  }
+  for (; i < n; ++i) {
     const float x = inp[i];
     const Sigmoid2 g = sigmoid2(kGeluC * (x + 0.044715f * x * x * x));
     // d/dx x·s(u(x)) = s + x · 2s(1-s) · u'(x), since 1 - tanh² = 4s(1-s)
