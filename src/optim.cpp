@@ -1,6 +1,7 @@
 #include "chargpt/optim.h"
 
 #include <cmath>
+#include <cstring>
 #include <numbers>
 
 namespace chargpt {
@@ -21,6 +22,23 @@ void adamw_update(float* params, const float* grads, float* m, float* v, size_t 
     v[i] = vi;
     params[i] = params[i] * keep - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + opt.eps);
   }
+}
+
+double sum_of_squares(const float* x, size_t n) {
+  using v8f = float __attribute__((vector_size(32)));
+  using v8d = double __attribute__((vector_size(64)));
+  v8d acc = {};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8f xf;
+    std::memcpy(&xf, x + i, sizeof xf);
+    const v8d xd = __builtin_convertvector(xf, v8d);
+    acc += xd * xd;
+  }
+  double s = 0;
+  for (int k = 0; k < 8; ++k) s += acc[k];
+  for (; i < n; ++i) s += (double)x[i] * x[i];
+  return s;
 }
 
 float lr_at(int it, float lr, float min_lr, int warmup, int decay_steps) {

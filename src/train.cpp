@@ -122,9 +122,7 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
           const float* src = shard_grads[s].data() + b;
           for (size_t i = 0; i < n; ++i) dst[i] += src[i];
         }
-        double sq = 0;
-        for (size_t i = 0; i < n; ++i) sq += (double)dst[i] * dst[i];
-        chunk_sumsq[c] = sq;
+        chunk_sumsq[c] = sum_of_squares(dst, n);
       }
     }, tbb::simple_partitioner());
   });

@@ -16,6 +16,10 @@ struct AdamW {
 void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, const AdamW& opt, float lr,
                   int step, float grad_scale, bool decay);
 
+// Σ x[i]² in double over n floats: 8 partial sums (lanes i mod 8), added in lane
+// order at the end; a fixed order, so the result depends on nothing but x.
+double sum_of_squares(const float* x, size_t n);
+
 // nanoGPT's schedule: linear warmup over `warmup` steps, cosine decay from lr to
 // min_lr until decay_steps, min_lr after. `it` counts from 0.
 float lr_at(int it, float lr, float min_lr, int warmup, int decay_steps);
