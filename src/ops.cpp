@@ -141,10 +141,11 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int R, int IC, int OC) {
+                     const float* weight, int R, int IC, int OC, bool accumulate) {
   if (dinp) sgemm(false, false, R, IC, OC, 1.f, dout, OC, weight, IC, 0.f, dinp, IC);
-  sgemm(true, false, OC, IC, R, 1.f, dout, OC, inp, IC, 1.f, dweight, IC);
+  sgemm(true, false, OC, IC, R, 1.f, dout, OC, inp, IC, accumulate ? 1.f : 0.f, dweight, IC);
   if (dbias) {
+    if (!accumulate) std::memset(dbias, 0, sizeof(float) * OC);
     for (int r = 0; r < R; ++r) {
       const float* d = dout + (size_t)r * OC;
       for (int o = 0; o < OC; ++o) dbias[o] += d[o];

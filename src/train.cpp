@@ -99,9 +99,8 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
         const int n0 = s * shard_size, n = std::min(shard_size, batch_size - n0);
         const int32_t* in = inputs.data() + (size_t)n0 * T;
         const int32_t* tg = targets.data() + (size_t)n0 * T;
-        shard_grads[s].zero();
         shard_loss[s] = gpt_forward(cfg, param_view, a, in, tg, n, T);
-        gpt_backward(cfg, param_view, shard_grad_views[s], a, in, tg, n, T, dloss);
+        gpt_backward(cfg, param_view, shard_grad_views[s], a, in, tg, n, T, dloss, /*accumulate=*/false);
       }
     }, tbb::simple_partitioner());
   });

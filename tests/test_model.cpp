@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "chargpt/model.h"
@@ -156,6 +157,33 @@ TEST_CASE("model: every parameter's gradient matches numerical derivatives") {
   CHECK(worst <= tol);
   CHECK(max_abs_grad > 1e-2);
   CHECK(nonzero > (int)(0.9 * P));  // the check exercised nearly every parameter
+}
+
+TEST_CASE("model: backward with accumulate = false writes every gradient: equal to += into zeros, bit for bit") {
+  const Config cfg = tiny_config();
+  const int N = 3, t = cfg.block_size;
+  const size_t P = num_params(cfg);
+  FloatBuffer p(P), acc(P), over(P);
+  random_params(cfg, p.data(), 21);
+  std::vector<int32_t> in(N * t), tg(N * t);
+  random_tokens(in, cfg.vocab_size, 5);
+  random_tokens(tg, cfg.vocab_size, 6);
+  Activations acts(cfg, N);
+  const ParamViews pv = param_views(cfg, p.data());
+  acc.zero();
+  gpt_forward(cfg, pv, acts, in.data(), tg.data(), N, t);
+  gpt_backward(cfg, pv, param_views(cfg, acc.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t));
+  for (size_t i = 0; i < P; ++i) over[i] = std::nanf("");  // garbage that must not survive
+  gpt_forward(cfg, pv, acts, in.data(), tg.data(), N, t);
+  gpt_backward(cfg, pv, param_views(cfg, over.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t),
+               /*accumulate=*/false);
+  size_t differ = 0, nonzero = 0;
+  for (size_t i = 0; i < P; ++i) {
+    differ += std::memcmp(&acc[i], &over[i], sizeof(float)) != 0;
+    nonzero += acc[i] != 0.f;
+  }
+  CHECK(differ == 0);
+  CHECK(nonzero > P / 2);
 }
 
 TEST_CASE("model: loss at initialisation is within 0.1 of ln(vocab)") {

@@ -282,7 +282,7 @@ TEST_CASE("op: matmul forward matches reference (with and without bias)") {
   }
 }
 
-TEST_CASE("op: matmul backward matches reference (dinp =, dweight/dbias +=, null dinp/dbias)") {
+TEST_CASE("op: matmul backward matches reference (dinp =, dweight/dbias += or =, null dinp/dbias)") {
   for (const MmShape& s : kMmShapes) {
     CAPTURE(s.R);
     CAPTURE(s.IC);
@@ -321,6 +321,17 @@ TEST_CASE("op: matmul backward matches reference (dinp =, dweight/dbias +=, null
       VF dw = dw0;
       matmul_backward(nullptr, dw.data(), nullptr, dout.data(), inp.data(), w.data(), s.R, s.IC, s.OC);
       CHECK_CLOSE("matmul dweight", dw, rdw, tol);
+    }
+    {  // accumulate = false: dweight and dbias written (=) over garbage
+      VD zdw(w.size(), 0.0), zdb(s.OC, 0.0);
+      ref::matmul_backward(rdinp.data(), zdw.data(), zdb.data(), to_d(dout).data(), to_d(inp).data(),
+                           to_d(w).data(), s.R, s.IC, s.OC);
+      VF dinp = nans((size_t)s.R * s.IC), dw = nans(w.size()), db = nans(s.OC);
+      matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), s.R, s.IC, s.OC,
+                      /*accumulate=*/false);
+      CHECK_CLOSE("matmul dinp", dinp, rdinp, tol);
+      CHECK_CLOSE("matmul dweight (=)", dw, zdw, tol);
+      CHECK_CLOSE("matmul dbias (=)", db, zdb, tol);
     }
   }
 }

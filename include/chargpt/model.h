@@ -95,9 +95,10 @@ double gpt_forward(const Config& cfg, const ParamViews& params, Activations& act
                    const int32_t* targets, int N, int t);
 
 // Backward of the last gpt_forward (with targets). dloss = d objective / d token loss
-// (1/(B*T) for the batch mean). Parameter gradients are accumulated into grads (+=).
+// (1/(B*T) for the batch mean). Parameter gradients are accumulated into grads (+=);
+// with accumulate = false they are written (=), so grads need no zeroing first.
 void gpt_backward(const Config& cfg, const ParamViews& params, const ParamViews& grads, Activations& acts,
-                  const int32_t* inputs, const int32_t* targets, int N, int t, float dloss);
+                  const int32_t* inputs, const int32_t* targets, int N, int t, float dloss, bool accumulate = true);
 
 // Model FLOPs per trained token (forward + backward, matmuls and attention,
 // as in the PaLM appendix: 6·P_matmul + 12·L·C·T for full-T context).

@@ -22,9 +22,10 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 
 // out[R,OC] = inp[R,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be null)
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC, int OC);
-// dinp[R,IC] = dout · weight (skipped if null); dweight[OC,IC] += doutᵀ · inp; dbias[OC] += Σ_r dout (if non-null)
+// dinp[R,IC] = dout · weight (skipped if null); dweight[OC,IC] += doutᵀ · inp; dbias[OC] += Σ_r dout (if non-null).
+// accumulate = false: dweight and dbias are written (=) instead, so they need no zeroing first.
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int R, int IC, int OC);
+                     const float* weight, int R, int IC, int OC, bool accumulate = true);
 
 // Causal multi-head self-attention.
 // qkv[N,T,3C] holds q|k|v per position, heads of size C/NH inside each.
