@@ -170,6 +170,25 @@ static inline float exp_approx(float x) {
   return e * std::bit_cast<float>(((int32_t)n + 127) << 23);
 }
 
+// exp_approx on 16 lanes: the same operations lane by lane, so each lane equals
+// exp_approx of it bit for bit.
+static inline v16 exp16(v16 x) {
+  using vi16 = int32_t __attribute__((vector_size(64)));
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const v16 n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  const v16 r = x - n * 0.693359375f - n * -2.12194440e-4f;
+  v16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const v16 e = p * r * r + r + 1.f;
+  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
+  v16 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+}
+
 // ---------------------------------------------------------------------------
 // Causal attention kernels. Per (sequence, head) the products are small (T x T x
 // hd, e.g. 64 x 64 x 32): sgemm on the full square wastes half its work above
@@ -273,6 +292,46 @@ void lower_t_times(float* Z, int ldz, const float* P, int ldp, const float* X, i
   for (; j < T; ++j) lower_t_times_rows<1>(Z, ldz, P, ldp, X, ldx, j, T, hd, alpha);
 }
 
+// p[0..i] = softmax(s[0..i]), p[i+1..T) = 0. Whole groups of 16 on vectors,
+// the rest of the row scalar; nothing right of column i is read.
+void causal_softmax_row(float* p, const float* s, int i, int T) {
+  const int n = i + 1, nv = n / kW * kW;
+  float mx = s[0];
+  if (nv) {
+    v16 m = load16(s);
+    for (int j = kW; j < nv; j += kW) {
+      const v16 x = load16(s + j);
+      m = x > m ? x : m;
+    }
+    for (int k = 0; k < kW; ++k) mx = m[k] > mx ? m[k] : mx;
+  }
+  for (int j = nv; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  v16 acc = {};
+  for (int j = 0; j < nv; j += kW) {
+    const v16 e = exp16(load16(s + j) - mx);
+    store16(p + j, e);
+    acc += e;
+  }
+  float sum = hsum(acc);
+  for (int j = nv; j < n; ++j) {
+    p[j] = exp_approx(s[j] - mx);
+    sum += p[j];
+  }
+  const float inv = 1.f / sum;
+  for (int j = 0; j < n; ++j) p[j] *= inv;
+  for (int j = n; j < T; ++j) p[j] = 0.f;
+}
+
+// d[j] = p[j] · (d[j] - Σ_k p[k] d[k]) over j, k <= i: the softmax's backward, in place.
+void causal_softmax_backward_row(float* d, const float* p, int i) {
+  const int n = i + 1, nv = n / kW * kW;
+  v16 acc = {};
+  for (int j = 0; j < nv; j += kW) acc += load16(p + j) * load16(d + j);
+  float dot = hsum(acc);
+  for (int j = nv; j < n; ++j) dot += p[j] * d[j];
+  for (int j = 0; j < n; ++j) d[j] = p[j] * (d[j] - dot);
+}
+
 }  // namespace
 
 size_t attention_scratch_floats(int T, int hd) { return (size_t)(T + hd) * padded(T); }
@@ -285,20 +344,7 @@ void attention_head_forward(float* y, int ldy, float* P, float* scratch, const f
   float* KT = scratch + (size_t)T * Tp;    // [hd, Tp]
   transpose_pad(KT, k, C3, T, hd);
   causal_scores(S, q, C3, KT, T, hd, 1.f / std::sqrt((float)hd));
-  for (int i = 0; i < T; ++i) {
-    const float* s = S + (size_t)i * Tp;
-    float* row = P + (size_t)i * T;
-    float mx = s[0];
-    for (int j = 1; j <= i; ++j) mx = s[j] > mx ? s[j] : mx;
-    float sum = 0.f;
-    for (int j = 0; j <= i; ++j) {
-      row[j] = exp_approx(s[j] - mx);
-      sum += row[j];
-    }
-    const float inv = 1.f / sum;
-    for (int j = 0; j <= i; ++j) row[j] *= inv;
-    for (int j = i + 1; j < T; ++j) row[j] = 0.f;
-  }
+  for (int i = 0; i < T; ++i) causal_softmax_row(P + (size_t)i * T, S + (size_t)i * Tp, i, T);
   lower_times(y, ldy, P, T, v, C3, T, hd, 1.f);
 }
 
@@ -330,11 +376,8 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
       causal_scores(dS, dy, C, VT, T, hd, 1.f);   // dP = dy · vᵀ (causal part)
       lower_t_times(dv, C3, P, T, dy, C, T, hd, 1.f);  // dv = Pᵀ · dy
       for (int i = 0; i < T; ++i) {               // softmax backward, in place
-        const float* p = P + (size_t)i * T;
         float* d = dS + (size_t)i * Tp;
-        float dot = 0.f;
-        for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
-        for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot);
+        causal_softmax_backward_row(d, P + (size_t)i * T, i);
         const int block_end = std::min(Tp, (i / kRows + 1) * kRows);  // what the kernels below read
         for (int j = i + 1; j < block_end; ++j) d[j] = 0.f;
       }
@@ -354,25 +397,6 @@ static inline Sigmoid2 sigmoid2(float u) {
   const float e = exp_approx(2.f * u);
   const float inv = 1.f / (e + 1.f);
   return {e * inv, inv};
-}
-
-// exp_approx on 16 lanes: the same operations lane by lane, so each lane equals
-// exp_approx of it bit for bit.
-static inline v16 exp16(v16 x) {
-  using vi16 = int32_t __attribute__((vector_size(64)));
-  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-  const v16 n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  const v16 r = x - n * 0.693359375f - n * -2.12194440e-4f;
-  v16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const v16 e = p * r * r + r + 1.f;
-  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
-  v16 scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return e * scale;
 }
 
 struct Sigmoid2x16 {
