@@ -4,6 +4,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "chargpt/matmul.h"
 
@@ -201,6 +202,13 @@ static inline v16 exp16(v16 x) {
 namespace {
 
 constexpr int kRows = 4;  // rows per register block
+// Column groups per register block in the P·V-shaped kernels: 4 rows x 2 groups
+// = 8 accumulators fit AVX-512's 32 registers; with AVX2 a v16 takes two of 16.
+#ifdef __AVX512F__
+constexpr int kPair = 2;
+#else
+constexpr int kPair = 1;
+#endif
 
 int padded(int T) { return (T + kW - 1) / kW * kW; }
 
@@ -239,23 +247,32 @@ void causal_scores(float* S, const float* A, int lda, const float* BT, int T, in
 
 // Y[i, :hd] = alpha · Σ_{j<=i} P[i, j] · V[j, :hd] for the NR rows from i0.
 // Needs P[i, j] = 0 for i < j < i0+NR (zeros right of the diagonal in the block).
+// Columns go NC groups of 16 at a time, sharing each P[i, j] among them.
+template <int NR, int NC>
+inline void lower_times_block(float* Y, int ldy, const float* P, int ldp, const float* V, int ldv, int i0, int c,
+                              float alpha) {
+  v16 acc[NR][NC] = {};
+  for (int j = 0; j < i0 + NR; ++j) {
+    v16 vv[NC];
+    for (int k = 0; k < NC; ++k) vv[k] = load16(V + (size_t)j * ldv + c + k * kW);
+    for (int r = 0; r < NR; ++r) {
+      const float p = P[(size_t)(i0 + r) * ldp + j];
+      for (int k = 0; k < NC; ++k) acc[r][k] += p * vv[k];
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int k = 0; k < NC; ++k) store16(Y + (size_t)(i0 + r) * ldy + c + k * kW, acc[r][k] * alpha);
+}
 template <int NR>
 void lower_times_rows(float* Y, int ldy, const float* P, int ldp, const float* V, int ldv, int i0, int hd,
                       float alpha) {
-  const int jend = i0 + NR;
   int c = 0;
-  for (; c + kW <= hd; c += kW) {
-    v16 acc[NR] = {};
-    for (int j = 0; j < jend; ++j) {
-      const v16 vv = load16(V + (size_t)j * ldv + c);
-      for (int r = 0; r < NR; ++r) acc[r] += P[(size_t)(i0 + r) * ldp + j] * vv;
-    }
-    for (int r = 0; r < NR; ++r) store16(Y + (size_t)(i0 + r) * ldy + c, acc[r] * alpha);
-  }
+  for (; c + kPair * kW <= hd; c += kPair * kW) lower_times_block<NR, kPair>(Y, ldy, P, ldp, V, ldv, i0, c, alpha);
+  for (; c + kW <= hd; c += kW) lower_times_block<NR, 1>(Y, ldy, P, ldp, V, ldv, i0, c, alpha);
   for (; c < hd; ++c)  // columns beyond the last whole group of 16
     for (int r = 0; r < NR; ++r) {
       float acc = 0.f;
-      for (int j = 0; j < jend; ++j) acc += P[(size_t)(i0 + r) * ldp + j] * V[(size_t)j * ldv + c];
+      for (int j = 0; j < i0 + NR; ++j) acc += P[(size_t)(i0 + r) * ldp + j] * V[(size_t)j * ldv + c];
       Y[(size_t)(i0 + r) * ldy + c] = acc * alpha;
     }
 }
@@ -267,18 +284,28 @@ void lower_times(float* Y, int ldy, const float* P, int ldp, const float* V, int
 
 // Z[j, :hd] = alpha · Σ_{i>=j} P[i, j] · X[i, :hd] for the NR rows from j0.
 // Needs P[i, j] = 0 for j0 <= i < j (zeros above the diagonal in the block).
+template <int NR, int NC>
+inline void lower_t_times_block(float* Z, int ldz, const float* P, int ldp, const float* X, int ldx, int j0, int T,
+                                int c, float alpha) {
+  v16 acc[NR][NC] = {};
+  for (int i = j0; i < T; ++i) {
+    v16 xv[NC];
+    for (int k = 0; k < NC; ++k) xv[k] = load16(X + (size_t)i * ldx + c + k * kW);
+    for (int r = 0; r < NR; ++r) {
+      const float p = P[(size_t)i * ldp + j0 + r];
+      for (int k = 0; k < NC; ++k) acc[r][k] += p * xv[k];
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int k = 0; k < NC; ++k) store16(Z + (size_t)(j0 + r) * ldz + c + k * kW, acc[r][k] * alpha);
+}
 template <int NR>
 void lower_t_times_rows(float* Z, int ldz, const float* P, int ldp, const float* X, int ldx, int j0, int T, int hd,
                         float alpha) {
   int c = 0;
-  for (; c + kW <= hd; c += kW) {
-    v16 acc[NR] = {};
-    for (int i = j0; i < T; ++i) {
-      const v16 xv = load16(X + (size_t)i * ldx + c);
-      for (int r = 0; r < NR; ++r) acc[r] += P[(size_t)i * ldp + j0 + r] * xv;
-    }
-    for (int r = 0; r < NR; ++r) store16(Z + (size_t)(j0 + r) * ldz + c, acc[r] * alpha);
-  }
+  for (; c + kPair * kW <= hd; c += kPair * kW)
+    lower_t_times_block<NR, kPair>(Z, ldz, P, ldp, X, ldx, j0, T, c, alpha);
+  for (; c + kW <= hd; c += kW) lower_t_times_block<NR, 1>(Z, ldz, P, ldp, X, ldx, j0, T, c, alpha);
   for (; c < hd; ++c)
     for (int r = 0; r < NR; ++r) {
       float acc = 0.f;
@@ -292,15 +319,28 @@ void lower_t_times(float* Z, int ldz, const float* P, int ldp, const float* X, i
   for (; j < T; ++j) lower_t_times_rows<1>(Z, ldz, P, ldp, X, ldx, j, T, hd, alpha);
 }
 
-// p[0..i] = softmax(s[0..i]), p[i+1..T) = 0. Whole groups of 16 on vectors,
-// the rest of the row scalar; nothing right of column i is read.
+// Softmax rows go 16 columns at a time, including the group that holds the
+// diagonal, with the lanes right of it masked; only where that group would run
+// past column T (T not a multiple of 16) does the rest of the row go scalar.
+const v16 kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+// Columns [0, nv) of row i go on vectors.
+int vector_columns(int i, int T) {
+  const int group_end = (i + 1 + kW - 1) / kW * kW;
+  return group_end <= T ? group_end : (i + 1) / kW * kW;
+}
+
+// p[0..i] = softmax(s[0..i]), p[i+1..T) = 0. s has room for whole groups of 16
+// up to the one holding column i (the scores kernel fills them).
 void causal_softmax_row(float* p, const float* s, int i, int T) {
-  const int n = i + 1, nv = n / kW * kW;
+  const int n = i + 1, nv = vector_columns(i, T);
+  const float fi = (float)i, neg_inf = -std::numeric_limits<float>::infinity();
   float mx = s[0];
   if (nv) {
-    v16 m = load16(s);
-    for (int j = kW; j < nv; j += kW) {
-      const v16 x = load16(s + j);
+    v16 m = {};
+    m += neg_inf;
+    for (int j = 0; j < nv; j += kW) {
+      const v16 x = kLane + (float)j <= fi ? load16(s + j) : neg_inf;
       m = x > m ? x : m;
     }
     for (int k = 0; k < kW; ++k) mx = m[k] > mx ? m[k] : mx;
@@ -308,7 +348,7 @@ void causal_softmax_row(float* p, const float* s, int i, int T) {
   for (int j = nv; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
   v16 acc = {};
   for (int j = 0; j < nv; j += kW) {
-    const v16 e = exp16(load16(s + j) - mx);
+    const v16 e = kLane + (float)j <= fi ? exp16(load16(s + j) - mx) : 0.f;
     store16(p + j, e);
     acc += e;
   }
@@ -318,18 +358,23 @@ void causal_softmax_row(float* p, const float* s, int i, int T) {
     sum += p[j];
   }
   const float inv = 1.f / sum;
-  for (int j = 0; j < n; ++j) p[j] *= inv;
-  for (int j = n; j < T; ++j) p[j] = 0.f;
+  for (int j = 0; j < nv; j += kW) store16(p + j, load16(p + j) * inv);
+  for (int j = nv; j < n; ++j) p[j] *= inv;
+  for (int j = std::max(n, nv); j < T; ++j) p[j] = 0.f;
 }
 
-// d[j] = p[j] · (d[j] - Σ_k p[k] d[k]) over j, k <= i: the softmax's backward, in place.
-void causal_softmax_backward_row(float* d, const float* p, int i) {
-  const int n = i + 1, nv = n / kW * kW;
+// d[j] = p[j] · (d[j] - Σ_k p[k] d[k]) over j, k <= i: the softmax's backward,
+// in place; d[j] = 0 for i < j < vector_columns(i, T).
+void causal_softmax_backward_row(float* d, const float* p, int i, int T) {
+  const int n = i + 1, nv = vector_columns(i, T);
+  const float fi = (float)i;
   v16 acc = {};
-  for (int j = 0; j < nv; j += kW) acc += load16(p + j) * load16(d + j);
+  for (int j = 0; j < nv; j += kW) acc += kLane + (float)j <= fi ? load16(p + j) * load16(d + j) : 0.f;
   float dot = hsum(acc);
   for (int j = nv; j < n; ++j) dot += p[j] * d[j];
-  for (int j = 0; j < n; ++j) d[j] = p[j] * (d[j] - dot);
+  for (int j = 0; j < nv; j += kW)
+    store16(d + j, kLane + (float)j <= fi ? load16(p + j) * (load16(d + j) - dot) : 0.f);
+  for (int j = nv; j < n; ++j) d[j] = p[j] * (d[j] - dot);
 }
 
 }  // namespace
@@ -377,7 +422,7 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
       lower_t_times(dv, C3, P, T, dy, C, T, hd, 1.f);  // dv = Pᵀ · dy
       for (int i = 0; i < T; ++i) {               // softmax backward, in place
         float* d = dS + (size_t)i * Tp;
-        causal_softmax_backward_row(d, P + (size_t)i * T, i);
+        causal_softmax_backward_row(d, P + (size_t)i * T, i, T);
         const int block_end = std::min(Tp, (i / kRows + 1) * kRows);  // what the kernels below read
         for (int j = i + 1; j < block_end; ++j) d[j] = 0.f;
       }
