@@ -171,9 +171,8 @@ static inline float exp_approx(float x) {
   return e * std::bit_cast<float>(((int32_t)n + 127) << 23);
 }
 
-// exp_approx on 16 lanes: the same operations lane by lane, so each lane equals
-// exp_approx of it bit for bit.
-static inline v16 exp16(v16 x) {
+// exp_approx on 16 lanes: the same operations, lane by lane.
+static inline v16 exp_approx(v16 x) {
   using vi16 = int32_t __attribute__((vector_size(64)));
   x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
   const v16 n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
@@ -348,7 +347,7 @@ void causal_softmax_row(float* p, const float* s, int i, int T) {
   for (int j = nv; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
   v16 acc = {};
   for (int j = 0; j < nv; j += kW) {
-    const v16 e = kLane + (float)j <= fi ? exp16(load16(s + j) - mx) : 0.f;
+    const v16 e = kLane + (float)j <= fi ? exp_approx(load16(s + j) - mx) : 0.f;
     store16(p + j, e);
     acc += e;
   }
@@ -435,51 +434,38 @@ static constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
 
 // 0.5·(1 + tanh(u)) = sigmoid(2u) = e/(e+1) with e = exp(2u), and 1 - sigmoid =
 // 1/(e+1): neither side cancels, so GELU and its slope stay accurate for any x.
+// Templated on float or v16, so the vector loops and their scalar tails share one formula.
+template <class V>
 struct Sigmoid2 {
-  float s, one_minus_s;
+  V s, one_minus_s;
 };
-static inline Sigmoid2 sigmoid2(float u) {
-  const float e = exp_approx(2.f * u);
-  const float inv = 1.f / (e + 1.f);
+template <class V>
+inline Sigmoid2<V> sigmoid2(V u) {
+  const V e = exp_approx(2.f * u);
+  const V inv = 1.f / (e + 1.f);
   return {e * inv, inv};
 }
-
-struct Sigmoid2x16 {
-  v16 s, one_minus_s;
-};
-static inline Sigmoid2x16 sigmoid2(v16 u) {
-  const v16 e = exp16(2.f * u);
-  const v16 inv = 1.f / (e + 1.f);
-  return {e * inv, inv};
+template <class V>
+inline V gelu_value(V x) {
+  return x * sigmoid2(kGeluC * (x + 0.044715f * x * x * x)).s;
+}
+// d/dx x·s(u(x)) = s + x · 2s(1-s) · u'(x), since 1 - tanh² = 4s(1-s)
+template <class V>
+inline V gelu_slope(V x) {
+  const Sigmoid2<V> g = sigmoid2(kGeluC * (x + 0.044715f * x * x * x));
+  return g.s + 2.f * x * g.s * g.one_minus_s * kGeluC * (1.f + 3.f * 0.044715f * x * x);
 }
 
 void gelu_forward(float* out, const float* inp, size_t n) {
   size_t i = 0;
-  for (; i + kW <= n; i += kW) {
-    const v16 x = load16(inp + i);
-    store16(out + i, x * sigmoid2(kGeluC * (x + 0.044715f * x * x * x)).s);
-  }
-  for (; i < n; ++i) {
-    const float x = inp[i];
-    out[i] = x * sigmoid2(kGeluC * (x + 0.044715f * x * x * x)).s;
-  }
+  for (; i + kW <= n; i += kW) store16(out + i, gelu_value(load16(inp + i)));
+  for (; i < n; ++i) out[i] = gelu_value(inp[i]);
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   size_t i = 0;
-  for (; i + kW <= n; i += kW) {
-    const v16 x = load16(inp + i);
-    const Sigmoid2x16 g = sigmoid2(kGeluC * (x + 0.044715f * x * x * x));
-    const v16 grad = g.s + 2.f * x * g.s * g.one_minus_s * kGeluC * (1.f + 3.f * 0.044715f * x * x);
-    store16(dinp + i, grad * load16(dout + i));
-  }
-  for (; i < n; ++i) {
-    const float x = inp[i];
-    const Sigmoid2 g = sigmoid2(kGeluC * (x + 0.044715f * x * x * x));
-    // d/dx x·s(u(x)) = s + x · 2s(1-s) · u'(x), since 1 - tanh² = 4s(1-s)
-    const float grad = g.s + 2.f * x * g.s * g.one_minus_s * kGeluC * (1.f + 3.f * 0.044715f * x * x);
-    dinp[i] = grad * dout[i];
-  }
+  for (; i + kW <= n; i += kW) store16(dinp + i, gelu_slope(load16(inp + i)) * load16(dout + i));
+  for (; i < n; ++i) dinp[i] = gelu_slope(inp[i]) * dout[i];
 }
 
 void residual_forward(float* out, const float* a, const float* b, size_t n) {
