@@ -39,6 +39,29 @@ void random_tokens(std::vector<int32_t>& v, int V, uint64_t seed) {
   for (auto& x : v) x = (int32_t)rng.below(V);
 }
 
+// A tiny model at random parameters with a random batch of N sequences, and a
+// gradient computed by one forward + backward (accumulate: += into zeros, else =).
+struct TinyBatch {
+  Config cfg = tiny_config();
+  int N, t = cfg.block_size;
+  size_t P = num_params(cfg);
+  FloatBuffer p{P};
+  std::vector<int32_t> in, tg;
+  Activations acts;
+  TinyBatch(int n, uint64_t seed) : N(n), in((size_t)n * t), tg((size_t)n * t), acts(cfg, n) {
+    random_params(cfg, p.data(), seed);
+    random_tokens(in, cfg.vocab_size, seed + 1);
+    random_tokens(tg, cfg.vocab_size, seed + 2);
+  }
+  void gradient(FloatBuffer& grad, bool accumulate = true) {
+    if (accumulate) grad.zero();
+    const ParamViews pv = param_views(cfg, p.data());
+    gpt_forward(cfg, pv, acts, in.data(), tg.data(), N, t);
+    gpt_backward(cfg, pv, param_views(cfg, grad.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t),
+                 accumulate);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("model: parameter layout follows nanoGPT's state dict") {
@@ -112,20 +135,16 @@ TEST_CASE("model: fast float forward equals the double reference") {
 }
 
 TEST_CASE("model: every parameter's gradient matches numerical derivatives") {
-  const Config cfg = tiny_config();
-  const int N = 2, t = cfg.block_size;
-  const size_t P = num_params(cfg);
-  FloatBuffer p(P), grad(P);
-  random_params(cfg, p.data(), 11);
-  std::vector<int32_t> in(N * t), tg(N * t);
-  random_tokens(in, cfg.vocab_size, 3);
-  random_tokens(tg, cfg.vocab_size, 4);
-  // Make sure the tied wte gets gradient from both its uses and wpe from every position.
-  Activations acts(cfg, N);
-  const ParamViews pv = param_views(cfg, p.data());
-  gpt_forward(cfg, pv, acts, in.data(), tg.data(), N, t);
-  grad.zero();
-  gpt_backward(cfg, pv, param_views(cfg, grad.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t));
+  // N = 2 full sequences: the tied wte gets gradient from both its uses and wpe from every position.
+  TinyBatch b(2, 11);
+  const Config& cfg = b.cfg;
+  const int N = b.N, t = b.t;
+  const size_t P = b.P;
+  const auto& in = b.in;
+  const auto& tg = b.tg;
+  FloatBuffer& p = b.p;
+  FloatBuffer grad(P);
+  b.gradient(grad);
 
   // Central differences of the double-precision reference loss.
   std::vector<double> pd(p.data(), p.data() + P);
@@ -160,23 +179,12 @@ TEST_CASE("model: every parameter's gradient matches numerical derivatives") {
 }
 
 TEST_CASE("model: backward with accumulate = false writes every gradient: equal to += into zeros, bit for bit") {
-  const Config cfg = tiny_config();
-  const int N = 3, t = cfg.block_size;
-  const size_t P = num_params(cfg);
-  FloatBuffer p(P), acc(P), over(P);
-  random_params(cfg, p.data(), 21);
-  std::vector<int32_t> in(N * t), tg(N * t);
-  random_tokens(in, cfg.vocab_size, 5);
-  random_tokens(tg, cfg.vocab_size, 6);
-  Activations acts(cfg, N);
-  const ParamViews pv = param_views(cfg, p.data());
-  acc.zero();
-  gpt_forward(cfg, pv, acts, in.data(), tg.data(), N, t);
-  gpt_backward(cfg, pv, param_views(cfg, acc.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t));
+  TinyBatch b(3, 21);
+  const size_t P = b.P;
+  FloatBuffer acc(P), over(P);
+  b.gradient(acc);
   for (size_t i = 0; i < P; ++i) over[i] = std::nanf("");  // garbage that must not survive
-  gpt_forward(cfg, pv, acts, in.data(), tg.data(), N, t);
-  gpt_backward(cfg, pv, param_views(cfg, over.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t),
-               /*accumulate=*/false);
+  b.gradient(over, /*accumulate=*/false);
   size_t differ = 0, nonzero = 0;
   for (size_t i = 0; i < P; ++i) {
     differ += std::memcmp(&acc[i], &over[i], sizeof(float)) != 0;
