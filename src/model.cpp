@@ -108,42 +108,41 @@ void init_params(const Config& cfg, float* block, uint64_t seed) {
 Activations::Activations(const Config& cfg, int max_batch_) : max_batch(max_batch_) {
   const size_t N = max_batch, T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
   const size_t BT = N * T;
-  // Each array starts on a 64-byte boundary.
-  auto round = [](size_t n) { return (n + 15) / 16 * 16; };
-  const size_t per_layer = 5 * round(BT * C) + 4 * round(BT) + round(BT * 3 * C) + round(N * NH * T * T) +
-                           2 * round(BT * 4 * C);
-  const size_t total = round(BT * C) + cfg.n_layer * per_layer + round(BT * C) + 2 * round(BT) +
-                       round(BT * V) + round(BT) + 2 * round(BT * C) + round(BT * 3 * C) + round(BT * 4 * C) +
-                       round(attention_scratch_floats(T, C / NH));
-  mem.resize(total);
-  float* p = mem.data();
+  // Each array starts on a 64-byte boundary. The layout is walked twice: once to
+  // measure it, once more to point into the allocation.
+  size_t used = 0;
   auto take = [&](size_t n) {
-    float* r = p;
-    p += round(n);
+    float* r = mem.size() ? mem.data() + used : nullptr;
+    used += (n + 15) / 16 * 16;
     return r;
   };
-  encoded = take(BT * C);
+  auto lay_out = [&] {
+    used = 0;
+    encoded = take(BT * C);
+    for (auto& L : layers) {
+      L.ln1 = take(BT * C); L.ln1_mean = take(BT); L.ln1_rstd = take(BT);
+      L.qkv = take(BT * 3 * C);
+      L.att_probs = take(N * NH * T * T);
+      L.att_y = take(BT * C);
+      L.res_att = take(BT * C);
+      L.ln2 = take(BT * C); L.ln2_mean = take(BT); L.ln2_rstd = take(BT);
+      L.fc = take(BT * 4 * C);
+      L.fc_gelu = take(BT * 4 * C);
+      L.res_mlp = take(BT * C);
+    }
+    lnf = take(BT * C); lnf_mean = take(BT); lnf_rstd = take(BT);
+    probs = take(BT * V);
+    losses = take(BT);
+    d_res = take(BT * C);
+    d_c = take(BT * C);
+    d_qkv = take(BT * 3 * C);
+    d_fc = take(BT * 4 * C);
+    att_scratch = take(attention_scratch_floats(T, C / NH));
+  };
   layers.resize(cfg.n_layer);
-  for (auto& L : layers) {
-    L.ln1 = take(BT * C); L.ln1_mean = take(BT); L.ln1_rstd = take(BT);
-    L.qkv = take(BT * 3 * C);
-    L.att_probs = take(N * NH * T * T);
-    L.att_y = take(BT * C);
-    L.res_att = take(BT * C);
-    L.ln2 = take(BT * C); L.ln2_mean = take(BT); L.ln2_rstd = take(BT);
-    L.fc = take(BT * 4 * C);
-    L.fc_gelu = take(BT * 4 * C);
-    L.res_mlp = take(BT * C);
-  }
-  lnf = take(BT * C); lnf_mean = take(BT); lnf_rstd = take(BT);
-  probs = take(BT * V);
-  losses = take(BT);
-  d_res = take(BT * C);
-  d_c = take(BT * C);
-  d_qkv = take(BT * 3 * C);
-  d_fc = take(BT * 4 * C);
-  att_scratch = take(attention_scratch_floats(T, C / NH));
-  if ((size_t)(p - mem.data()) != total) throw std::logic_error("activation layout size mismatch");
+  lay_out();
+  mem.resize(used);
+  lay_out();
 }
 
 double gpt_forward(const Config& cfg, const ParamViews& P, Activations& a, const int32_t* inputs,
