@@ -3,7 +3,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -11,7 +10,6 @@
 #include <unistd.h>
 
 #include <cxxopts.hpp>
-#include <tbb/info.h>
 
 #include "chargpt/checkpoint.h"
 #include "chargpt/cli.h"
@@ -131,7 +129,6 @@ int cmd_sample(int argc, char** argv) {
   g.threads = threads;
   g.keep = keep;
   const bool json_out = r.count("json") > 0;
-  // More threads than cores: honour the request (results are the same for any count).
 
   std::string text = utf8_encode(prompt_cps);
   if (!json_out) write_out(text);
@@ -147,11 +144,10 @@ int cmd_sample(int argc, char** argv) {
   const double tok_s = st.seconds > 0 ? st.new_tokens / st.seconds : 0;
   const double ms_tok = st.new_tokens > 0 ? 1000.0 * st.seconds / st.new_tokens : 0;
   const double rss_mb = peak_rss_bytes() / 1048576.0;
-  const int used_threads = st.threads;
   if (json_out) {
     nlohmann::json j{{"checkpoint", ckpt},
                      {"kv_cache", g.kv_cache},
-                     {"threads", used_threads},
+                     {"threads", st.threads},
                      {"prompt_tokens", st.prompt_tokens},
                      {"new_tokens", st.new_tokens},
                      {"window_rebuilds", st.rebuilds},
@@ -166,8 +162,8 @@ int cmd_sample(int argc, char** argv) {
     if (isatty(STDOUT_FILENO)) write_out("\n");  // a terminal gets its prompt back on a new line
     std::fprintf(stderr, "chargpt sample: %d tokens in %.3fs, %.0f tokens/s (%.3f ms/token), %s, %d thread%s, "
                  "peak memory %.1f MiB\n",
-                 st.new_tokens, st.seconds, tok_s, ms_tok, g.kv_cache ? "KV cache" : "no KV cache", used_threads,
-                 used_threads == 1 ? "" : "s", rss_mb);
+                 st.new_tokens, st.seconds, tok_s, ms_tok, g.kv_cache ? "KV cache" : "no KV cache", st.threads,
+                 st.threads == 1 ? "" : "s", rss_mb);
   }
   return 0;
 }

@@ -8,7 +8,6 @@
 #include <string>
 
 #include <tbb/blocked_range.h>
-#include <tbb/info.h>
 #include <tbb/parallel_for.h>
 
 #include "chargpt/matmul.h"
@@ -217,12 +216,6 @@ KVCacheModel::KVCacheModel(const Config& cfg, const float* params, int threads)
   affinity_ = std::make_unique<tbb::affinity_partitioner[]>(kSites * cfg.n_layer + 1);
 }
 
-size_t KVCacheModel::bytes() const {
-  size_t n = k_.size() + v_.size() + x_.size() + xn_.size() + q_.size() + y_.size() + res_.size() + h_.size() +
-             att_.size() + logits_.size() + stats_.size() + pre_.size();
-  return n * sizeof(float);
-}
-
 template <class F>
 void KVCacheModel::for_blocks(int site, int blocks, long macs, const F& f) {
   if (pool_.threads > 1 && blocks > 1 && macs >= kParallelMacs) {
@@ -295,10 +288,7 @@ void KVCacheModel::prefill_in_arena(const int32_t* tokens, int n) {
       for (int r = 0; r < n; ++r) {
         float* row = out + (size_t)r * OC + o0;
         if (ep == Epilogue::Gelu) gelu_forward(row, row, oc);
-        if (ep == Epilogue::Residual) {
-          const float* rr = resid + (size_t)r * OC + o0;
-          for (int o = 0; o < oc; ++o) row[o] += rr[o];
-        }
+        if (ep == Epilogue::Residual) residual_forward(row, row, resid + (size_t)r * OC + o0, oc);
       }
     });
   };
@@ -354,11 +344,7 @@ void KVCacheModel::step_in_arena(int32_t token) {
   };
 
   float* x = x_.data();
-  {
-    const float* e = P_.wte + (size_t)token * C;
-    const float* p = P_.wpe + (size_t)pos * C;
-    for (int c = 0; c < C; ++c) x[c] = e[c] + p[c];
-  }
+  encoder_forward(x, &token, P_.wte, P_.wpe + (size_t)pos * C, 1, 1, C);
   const float scale = 1.f / std::sqrt((float)hd);
   const int n_ctx = pos + 1;
   for (int l = 0; l < cfg_.n_layer; ++l) {

@@ -128,6 +128,9 @@ std::u32string Tokenizer::decode_cps(const std::vector<int32_t>& ids) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const { return utf8_encode(decode_cps(ids)); }
-std::string Tokenizer::decode(int32_t id) const { return decode(std::vector<int32_t>{id}); }
+std::string Tokenizer::decode(int32_t id) const {
+  if (id < 0 || id >= size()) throw std::runtime_error("token id " + std::to_string(id) + " out of range");
+  return utf8_encode(vocab[id]);  // one code point: no vector, no u32string (called per sampled token)
+}
 
 }  // namespace chargpt

@@ -28,7 +28,6 @@
 #include <vector>
 
 #include <tbb/partitioner.h>
-#include <tbb/partitioner.h>
 
 #include "chargpt/buffer.h"
 #include "chargpt/model.h"
@@ -113,9 +112,7 @@ class KVCacheModel {
   const float* step(int32_t token);
   // Positions in the cache.
   int length() const { return len_; }
-  void clear() { len_ = 0; }
   int threads() const { return pool_.threads; }
-  size_t bytes() const;
 
  private:
   void step_in_arena(int32_t token);
