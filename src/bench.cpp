@@ -12,11 +12,8 @@
 #include <unistd.h>
 
 #include <cblas.h>
-#include <tbb/blocked_range.h>
 #include <tbb/global_control.h>
 #include <tbb/info.h>
-#include <tbb/parallel_for.h>
-#include <tbb/task_arena.h>
 
 #include "chargpt/buffer.h"
 #include "chargpt/cli.h"
@@ -155,11 +152,8 @@ double measure_sgemm_rate(int threads, int n, int reps) {
   double best = 1e300;
   for (int rep = 0; rep < std::max(reps, 1) + 1; ++rep) {  // the first rep warms up and is not counted
     const auto t0 = Clock::now();
-    pool.arena->execute([&] {
-      tbb::parallel_for(tbb::blocked_range<int>(0, threads, 1), [&](const tbb::blocked_range<int>& r) {
-        for (int i = r.begin(); i != r.end(); ++i)
-          sgemm(false, false, n, n, n, 1.f, mats[i].a.data(), n, mats[i].b.data(), n, 0.f, mats[i].c.data(), n);
-      }, tbb::simple_partitioner());
+    pool.for_each(threads, [&](size_t i) {
+      sgemm(false, false, n, n, n, 1.f, mats[i].a.data(), n, mats[i].b.data(), n, 0.f, mats[i].c.data(), n);
     });
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     if (rep > 0) best = std::min(best, s);

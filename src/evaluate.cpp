@@ -1,11 +1,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include <tbb/blocked_range.h>
 #include <tbb/enumerable_thread_specific.h>
-#include <tbb/info.h>
-#include <tbb/parallel_for.h>
-#include <tbb/task_arena.h>
 
 #include "chargpt/matmul.h"
 #include "chargpt/train.h"
@@ -26,23 +22,15 @@ EvalResult evaluate_split(const Config& cfg, const float* params, const std::vec
   std::vector<double> sums(tasks);
   tbb::enumerable_thread_specific<Activations> acts(cfg, windows_per_task);
   ThreadPool pool(threads);
-  pool.arena->execute([&] {
-    tbb::parallel_for(tbb::blocked_range<size_t>(0, tasks, 1), [&](const tbb::blocked_range<size_t>& r) {
-      Activations& a = acts.local();
-      std::vector<int32_t> in((size_t)windows_per_task * T), tg(in.size());
-      for (size_t k = r.begin(); k != r.end(); ++k) {
-        const bool is_tail = k == full_tasks;
-        const size_t w0 = is_tail ? n_full : k * windows_per_task;
-        const int n = is_tail ? 1 : (int)std::min<size_t>(windows_per_task, n_full - w0);
-        const int t = is_tail ? tail : T;
-        for (int w = 0; w < n; ++w) {
-          const size_t start = (w0 + w) * (size_t)T;
-          std::copy_n(split.begin() + start, t, in.begin() + (size_t)w * t);
-          std::copy_n(split.begin() + start + 1, t, tg.begin() + (size_t)w * t);
-        }
-        sums[k] = gpt_forward(cfg, P, a, in.data(), tg.data(), n, t);
-      }
-    }, tbb::simple_partitioner());
+  // Full windows follow one another in the split, so a task's windows are one
+  // contiguous [n, T] block of it, and their targets the same block one token on.
+  pool.for_each(tasks, [&](size_t k) {
+    const bool is_tail = k == full_tasks;
+    const size_t w0 = is_tail ? n_full : k * windows_per_task;
+    const int n = is_tail ? 1 : (int)std::min<size_t>(windows_per_task, n_full - w0);
+    const int t = is_tail ? tail : T;
+    const int32_t* in = split.data() + w0 * T;
+    sums[k] = gpt_forward(cfg, P, acts.local(), in, in + 1, n, t);
   });
   double total = 0;
   for (double s : sums) total += s;  // fixed order: deterministic for any thread count

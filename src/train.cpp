@@ -13,9 +13,6 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
-#include <tbb/blocked_range.h>
-#include <tbb/info.h>
-#include <tbb/parallel_for.h>
 
 #include "chargpt/checkpoint.h"
 #include "chargpt/matmul.h"
@@ -92,17 +89,13 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   const float dloss = 1.f / (float)((size_t)batch_size * T);
   const auto t1 = Clock::now();
 
-  pool.arena->execute([&] {
-    tbb::parallel_for(tbb::blocked_range<int>(0, n_shards, 1), [&](const tbb::blocked_range<int>& r) {
-      Activations& a = acts.local();
-      for (int s = r.begin(); s != r.end(); ++s) {
-        const int n0 = s * shard_size, n = std::min(shard_size, batch_size - n0);
-        const int32_t* in = inputs.data() + (size_t)n0 * T;
-        const int32_t* tg = targets.data() + (size_t)n0 * T;
-        shard_loss[s] = gpt_forward(cfg, param_view, a, in, tg, n, T);
-        gpt_backward(cfg, param_view, shard_grad_views[s], a, in, tg, n, T, dloss, /*accumulate=*/false);
-      }
-    }, tbb::simple_partitioner());
+  pool.for_each(n_shards, [&](size_t s) {
+    const int n0 = (int)s * shard_size, n = std::min(shard_size, batch_size - n0);
+    const int32_t* in = inputs.data() + (size_t)n0 * T;
+    const int32_t* tg = targets.data() + (size_t)n0 * T;
+    Activations& a = acts.local();
+    shard_loss[s] = gpt_forward(cfg, param_view, a, in, tg, n, T);
+    gpt_backward(cfg, param_view, shard_grad_views[s], a, in, tg, n, T, dloss, /*accumulate=*/false);
   });
   const auto t2 = Clock::now();
 
@@ -112,18 +105,14 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
 
   // Reduce shard gradients into shard_grads[0], shard order fixed, fused with the norm.
   float* g0 = shard_grads[0].data();
-  pool.arena->execute([&] {
-    tbb::parallel_for(tbb::blocked_range<size_t>(0, chunks.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
-      for (size_t c = r.begin(); c != r.end(); ++c) {
-        const size_t b = chunks[c].begin, n = chunks[c].end - b;
-        float* dst = g0 + b;
-        for (int s = 1; s < n_shards; ++s) {
-          const float* src = shard_grads[s].data() + b;
-          for (size_t i = 0; i < n; ++i) dst[i] += src[i];
-        }
-        chunk_sumsq[c] = sum_of_squares(dst, n);
-      }
-    }, tbb::simple_partitioner());
+  pool.for_each(chunks.size(), [&](size_t c) {
+    const size_t b = chunks[c].begin, n = chunks[c].end - b;
+    float* dst = g0 + b;
+    for (int s = 1; s < n_shards; ++s) {
+      const float* src = shard_grads[s].data() + b;
+      for (size_t i = 0; i < n; ++i) dst[i] += src[i];
+    }
+    chunk_sumsq[c] = sum_of_squares(dst, n);
   });
   double sumsq = 0;
   for (double s : chunk_sumsq) sumsq += s;  // fixed order
@@ -136,14 +125,9 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   }
   const float scale = (grad_clip > 0 && norm > grad_clip) ? (float)(grad_clip / norm) : 1.f;
   ++step;
-  pool.arena->execute([&] {
-    tbb::parallel_for(tbb::blocked_range<size_t>(0, chunks.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
-      for (size_t c = r.begin(); c != r.end(); ++c) {
-        const size_t b = chunks[c].begin, n = chunks[c].end - b;
-        adamw_update(params.data() + b, g0 + b, m.data() + b, v.data() + b, n, opt, lr, step, scale,
-                     chunks[c].decay);
-      }
-    }, tbb::simple_partitioner());
+  pool.for_each(chunks.size(), [&](size_t c) {
+    const size_t b = chunks[c].begin, n = chunks[c].end - b;
+    adamw_update(params.data() + b, g0 + b, m.data() + b, v.data() + b, n, opt, lr, step, scale, chunks[c].decay);
   });
   const auto t3 = Clock::now();
   if (timing) {
@@ -164,16 +148,11 @@ double Engine::estimate_loss(const std::vector<int32_t>& split, int iters, uint6
                  tg.data() + (size_t)i * batch_size * T);
   const int tasks = iters * n_shards;
   std::vector<double> sums(tasks);
-  pool.arena->execute([&] {
-    tbb::parallel_for(tbb::blocked_range<int>(0, tasks, 1), [&](const tbb::blocked_range<int>& r) {
-      Activations& a = acts.local();
-      for (int k = r.begin(); k != r.end(); ++k) {
-        const int it = k / n_shards, s = k % n_shards;
-        const int n0 = s * shard_size, n = std::min(shard_size, batch_size - n0);
-        const size_t off = ((size_t)it * batch_size + n0) * T;
-        sums[k] = gpt_forward(cfg, param_view, a, in.data() + off, tg.data() + off, n, T);
-      }
-    }, tbb::simple_partitioner());
+  pool.for_each(tasks, [&](size_t k) {
+    const int it = (int)k / n_shards, s = (int)k % n_shards;
+    const int n0 = s * shard_size, n = std::min(shard_size, batch_size - n0);
+    const size_t off = ((size_t)it * batch_size + n0) * T;
+    sums[k] = gpt_forward(cfg, param_view, acts.local(), in.data() + off, tg.data() + off, n, T);
   });
   double total = 0;
   for (double s : sums) total += s;

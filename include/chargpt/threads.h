@@ -2,6 +2,9 @@
 // Our threads: every parallel region runs in a oneTBB task_arena of a chosen size.
 #include <memory>
 
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/partitioner.h>
 #include <tbb/task_arena.h>
 
 namespace chargpt {
@@ -16,6 +19,18 @@ struct ThreadPool {
   int threads;
   std::unique_ptr<tbb::task_arena> arena;
   explicit ThreadPool(int threads);
+
+  // f(i) for every i in [0, n), one index per oneTBB task, inside the arena.
+  // Which thread runs which index varies; callers make each index's work
+  // independent of that (results stay the same for any thread count).
+  template <class F>
+  void for_each(size_t n, const F& f) {
+    arena->execute([&] {
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, n, 1), [&](const tbb::blocked_range<size_t>& r) {
+        for (size_t i = r.begin(); i != r.end(); ++i) f(i);
+      }, tbb::simple_partitioner());
+    });
+  }
 };
 
 }  // namespace chargpt
