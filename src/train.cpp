@@ -35,8 +35,7 @@ int default_shard_size(int batch_size, int block_size) {
 std::string optim_state_path(const std::string& weights_path) {
   std::string base = weights_path;
   const std::string ext = ".safetensors";
-  if (base.size() > ext.size() && base.compare(base.size() - ext.size(), ext.size(), ext) == 0)
-    base.resize(base.size() - ext.size());
+  if (base.size() > ext.size() && base.ends_with(ext)) base.resize(base.size() - ext.size());
   return base + ".optim.safetensors";
 }
 
@@ -46,18 +45,21 @@ size_t peak_rss_bytes() {
   return (size_t)ru.ru_maxrss * 1024;
 }
 
+// The shape checks run before the members that divide by it are built.
+static const Config& checked(const Config& cfg, int batch_size) {
+  cfg.validate();
+  if (batch_size < 1) throw std::runtime_error("batch size " + std::to_string(batch_size) + " must be >= 1");
+  return cfg;
+}
+
 Engine::Engine(const Config& cfg_, int batch_size_, int shard_size_, int threads_, uint64_t seed)
-    : cfg(cfg_),
+    : cfg(checked(cfg_, batch_size_)),
       batch_size(batch_size_),
       shard_size(shard_size_ > 0 ? shard_size_ : default_shard_size(batch_size_, cfg_.block_size)),
       n_shards((batch_size_ + shard_size - 1) / shard_size),
       pool(threads_),
-      threads(pool.threads),
-      specs(param_specs(cfg_)),
       acts(cfg_, shard_size),
       data_rng(seed) {
-  cfg.validate();
-  if (batch_size < 1) throw std::runtime_error("batch size " + std::to_string(batch_size) + " must be >= 1");
   blas_single_threaded();
   const size_t P = num_params(cfg);
   params.resize(P);
@@ -72,7 +74,7 @@ Engine::Engine(const Config& cfg_, int batch_size_, int shard_size_, int threads
   // Chunks never straddle two tensors (each has one decay flag) and their
   // boundaries depend only on the model shape, never on the thread count.
   constexpr size_t kChunk = 16384;
-  for (const auto& s : specs)
+  for (const auto& s : param_specs(cfg))
     for (size_t b = 0; b < s.numel; b += kChunk)
       chunks.push_back({s.offset + b, s.offset + std::min(s.numel, b + kChunk), s.decay});
   chunk_sumsq.resize(chunks.size());
@@ -178,6 +180,7 @@ struct Saver {
   int last_saved_step = -1;
 
   void save(const Engine& e) {
+    if (e.step == last_saved_step) return;  // e.g. a save-interval step that is also the last one
     Metadata meta{{"step", std::to_string(e.step)}};
     // Optimizer state first, weights last: the weights file names the step the
     // state belongs to, and resume checks that the two agree.
@@ -185,12 +188,10 @@ struct Saver {
     ometa["format"] = "chargpt-optim";
     ometa["version"] = kFormatVersion;
     ometa["config"] = config_to_json(cfg);
-    char rng_hex[4][17];
-    std::string rng_state;
-    for (int i = 0; i < 4; ++i) {
-      std::snprintf(rng_hex[i], sizeof rng_hex[i], "%016llx", (unsigned long long)e.data_rng.s[i]);
-      rng_state += (i ? " " : "") + std::string(rng_hex[i]);
-    }
+    char rng_state[4 * 17];  // read back by load_resume_state's sscanf
+    std::snprintf(rng_state, sizeof rng_state, "%016llx %016llx %016llx %016llx", (unsigned long long)e.data_rng.s[0],
+                  (unsigned long long)e.data_rng.s[1], (unsigned long long)e.data_rng.s[2],
+                  (unsigned long long)e.data_rng.s[3]);
     ometa["data_rng"] = rng_state;
     const int64_t P = (int64_t)e.params.size();
     write_safetensors(optim_state_path(opt.out_path),
@@ -298,7 +299,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     std::snprintf(line, sizeof line,
                   "chargpt train: %zu parameters (L=%d H=%d C=%d T=%d V=%d), batch %d = %d shards of %d, %d threads%s\n",
                   e.params.size(), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size,
-                  o.batch_size, e.n_shards, e.shard_size, e.threads, o.resume ? ", resumed" : "");
+                  o.batch_size, e.n_shards, e.shard_size, e.pool.threads, o.resume ? ", resumed" : "");
     out << line;
     std::snprintf(line, sizeof line, "data: %s (%zu train / %zu val tokens); steps %d -> %d\n", o.data_path.c_str(),
                   ds.train.size(), ds.val.size(), e.step, o.steps);

@@ -64,8 +64,6 @@ struct Engine {
   Config cfg;
   int batch_size, shard_size, n_shards;
   ThreadPool pool;
-  int threads;
-  std::vector<ParamSpec> specs;
   FloatBuffer params, m, v;
   ParamViews param_view;
   std::vector<FloatBuffer> shard_grads;  // one per shard; [0] holds the reduced gradient after a step
