@@ -66,10 +66,14 @@ double amdahl_serial_fraction(double t_base, int base_threads, double t_n, int n
 
 static double clamp01(double s) { return std::isnan(s) ? 1.0 : std::clamp(s, 0.0, 1.0); }
 
-double amdahl_speedup(double s, int n) {
+// Time relative to one thread of work with serial fraction s whose parallel part
+// takes the share g of its one-thread time (1/n on n threads, or the shard granularity).
+static double amdahl_time(double s, double g) {
   s = clamp01(s);
-  return 1.0 / (s + (1 - s) / n);
+  return s + (1 - s) * g;
 }
+
+double amdahl_speedup(double s, int n) { return 1.0 / amdahl_time(s, 1.0 / n); }
 
 double shard_granularity(int n_shards, int n) {
   if (n_shards < 1) return 1.0 / n;
@@ -82,10 +86,7 @@ double phase_serial_fraction(double t_base, int base_threads, double t_n, int n,
 
 double phase_model_speedup(const PhaseModel& m, int n) {
   const double sum = m.fwd_bwd_frac + m.reduce_opt_frac + m.rest_frac;
-  auto part = [&](double frac, double s, double g) {
-    s = clamp01(s);
-    return frac / sum * (s + (1 - s) * g);
-  };
+  auto part = [&](double frac, double s, double g) { return frac / sum * amdahl_time(s, g); };
   const double t = part(m.fwd_bwd_frac, m.fwd_bwd_serial, shard_granularity(m.n_shards, n)) +
                    part(m.reduce_opt_frac, m.reduce_opt_serial, 1.0 / n) + part(m.rest_frac, m.rest_serial, 1.0 / n);
   return 1.0 / t;
@@ -131,7 +132,9 @@ std::vector<int> parse_thread_list(const std::string& spec, int hw) {
 // ---------------------------------------------------------------------------
 // sgemm rate
 
-double measure_sgemm_rate(int threads, int n, int reps) {
+// sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
+// sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
+static double measure_sgemm_rate(int threads, int n, int reps) {
   blas_single_threaded();
   const size_t nn = (size_t)n * n;
   struct Mats {
@@ -203,10 +206,7 @@ AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards) {
   m.fwd_bwd_serial = phase_serial_fraction(b.fwd_bwd_s, b.threads, t.fwd_bwd_s, t.threads, n_shards);
   m.reduce_opt_serial = phase_serial_fraction(b.reduce_opt_s, b.threads, t.reduce_opt_s, t.threads);
   m.rest_serial = phase_serial_fraction(b.rest_s, b.threads, t.rest_s, t.threads);
-  auto at_one = [&](double tb, double s, double g) {
-    s = clamp01(s);
-    return tb / (s + (1 - s) * g);
-  };
+  auto at_one = [&](double tb, double s, double g) { return tb / amdahl_time(s, g); };
   m.fwd_bwd_frac = at_one(b.fwd_bwd_s, m.fwd_bwd_serial, shard_granularity(n_shards, b.threads));
   m.reduce_opt_frac = at_one(b.reduce_opt_s, m.reduce_opt_serial, 1.0 / b.threads);
   m.rest_frac = at_one(std::max(b.rest_s, 0.0), m.rest_serial, 1.0 / b.threads);
@@ -230,7 +230,8 @@ AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards) {
 // ---------------------------------------------------------------------------
 // The bench
 
-double load_average() {
+// The 1-minute load average, or -1 where /proc/loadavg cannot be read.
+static double load_average() {
   std::FILE* f = std::fopen("/proc/loadavg", "r");
   if (!f) return -1;
   double l = -1;
@@ -239,7 +240,10 @@ double load_average() {
   return l;
 }
 
-double machine_busy_seconds() {
+// CPU accounting to see how much of the machine others took: busy seconds of
+// the whole machine (/proc/stat, all CPUs; negative where unreadable) and CPU
+// seconds of this process (all threads).
+static double machine_busy_seconds() {
   std::FILE* f = std::fopen("/proc/stat", "r");
   if (!f) return -1;
   unsigned long long v[10] = {};
@@ -252,7 +256,7 @@ double machine_busy_seconds() {
   return (double)busy / (double)sysconf(_SC_CLK_TCK);
 }
 
-double process_cpu_seconds() {
+static double process_cpu_seconds() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
@@ -309,30 +313,28 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       const int cap = std::min<int>(
           row.threads, (int)tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
       row.concurrency_cap = round == 0 ? cap : std::min(row.concurrency_cap, cap);
-      std::vector<double> this_round;
       const double busy0 = have_stat ? machine_busy_seconds() : 0, self0 = process_cpu_seconds();
       const auto block0 = Clock::now();
       for (int i = 0; i < opt.steps; ++i) {
         StepTiming tm;
         const auto t0 = Clock::now();
-        losses[k].push_back(e.train_step(train_split, opt.lr, grad_clip, adamw, nullptr, &tm));
-        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-        row.step_s.push_back(s);
-        this_round.push_back(s);
+        const double loss = e.train_step(train_split, opt.lr, grad_clip, adamw, nullptr, &tm);
+        row.step_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        losses[k].push_back(loss);
         timings[k].push_back(tm);
       }
-      block_wall[k] += std::chrono::duration<double>(Clock::now() - block0).count();
+      const double wall = std::chrono::duration<double>(Clock::now() - block0).count();
+      block_wall[k] += wall;
       if (have_stat) {
         const double busy1 = machine_busy_seconds(), self1 = process_cpu_seconds();
         if (busy1 < 0) have_stat = false;
         else {
           const double other = std::max(0.0, (busy1 - busy0) - (self1 - self0));
           other_busy[k] += other;
-          const double wall = std::chrono::duration<double>(Clock::now() - block0).count();
           row.round_other_cpu_frac.push_back(std::min(1.0, other / (wall * res.hardware_threads)));
         }
       }
-      row.round_median_s.push_back(median(this_round));
+      row.round_median_s.push_back(median(std::vector<double>(row.step_s.end() - opt.steps, row.step_s.end())));
       if (round == 0) row.peak_rss_bytes = peak_rss_bytes();
       // The machine's speed drifts (a VM's host is shared), so the sgemm peak is
       // sampled in every round but the first (which stays clean for peak RSS) and
@@ -401,6 +403,12 @@ static std::string fmt(const char* f, double a) {
   return buf;
 }
 
+// A phase's share of the three phases' sum, in percent (rest may come out below 0 and counts as 0).
+static double phase_pct(const BenchRow& row, double x) {
+  const double sum = row.fwd_bwd_s + row.reduce_opt_s + std::max(row.rest_s, 0.0);
+  return sum > 0 ? 100 * std::max(x, 0.0) / sum : 0.0;
+}
+
 void print_table(const BenchResult& r, std::ostream& out) {
   const Config& c = r.opt.model;
   char line[512];
@@ -435,8 +443,7 @@ void print_table(const BenchResult& r, std::ostream& out) {
   double max_others = -1;
   for (const auto& row : r.rows) {
     any_over |= row.oversubscribed;
-    const double sum = row.fwd_bwd_s + row.reduce_opt_s + std::max(row.rest_s, 0.0);
-    auto pct = [&](double x) { return sum > 0 ? 100 * std::max(x, 0.0) / sum : 0.0; };
+    auto pct = [&](double x) { return phase_pct(row, x); };
     std::string split = fmt("%.2f", 1e3 * row.fwd_bwd_s) + " " + fmt("%.0f%%", pct(row.fwd_bwd_s)) + " | " +
                         fmt("%.2f", 1e3 * row.reduce_opt_s) + " " + fmt("%.0f%%", pct(row.reduce_opt_s)) + " | " +
                         fmt("%.2f", 1e3 * row.rest_s) + " " + fmt("%.0f%%", pct(row.rest_s));
@@ -470,7 +477,7 @@ void print_table(const BenchResult& r, std::ostream& out) {
   }
   out << "\n";
   out << "Phase times are medians of each phase, so they need not add up to the median step; rest = step - "
-         "fwd+bwd - reduce+opt (batch sampling, loss sum, norm check).\n";
+         "fwd+bwd - reduce+opt (batch sampling and call overhead; the loss sum and norm check are in reduce+opt).\n";
   out << "loss: first step -> mean of the last " << r.opt.loss_tail << " steps, constant lr "
       << fmt("%g", r.opt.lr) << (r.losses_identical ? "; identical for every thread count, as designed.\n"
                                                     : "; WARNING: it differs between thread counts.\n");
@@ -550,8 +557,7 @@ const char* const kBenchCsvHeader =
 void write_csv(const BenchResult& r, std::ostream& out) {
   out << kBenchCsvHeader << "\n";
   for (const auto& row : r.rows) {
-    const double sum = row.fwd_bwd_s + row.reduce_opt_s + std::max(row.rest_s, 0.0);
-    auto pct = [&](double x) { return sum > 0 ? 100 * std::max(x, 0.0) / sum : 0.0; };
+    auto pct = [&](double x) { return phase_pct(row, x); };
     char line[640];
     std::snprintf(line, sizeof line,
                   "%d,%d,%d,%d,%zu,%.4f,%.4f,%.1f,%.4f,%.4f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.2f,%.2f,%.2f,%.5f,%.5f,"

@@ -85,7 +85,6 @@ Engine::Engine(const Config& cfg_, int batch_size_, int shard_size_, int threads
 
 double Engine::train_step(const std::vector<int32_t>& split, float lr, float grad_clip, const AdamW& opt,
                           double* grad_norm, StepTiming* timing) {
-  const auto t0 = Clock::now();
   const int T = cfg.block_size;
   sample_batch(split, batch_size, T, data_rng, inputs.data(), targets.data());
   const float dloss = 1.f / (float)((size_t)batch_size * T);
@@ -133,7 +132,6 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   });
   const auto t3 = Clock::now();
   if (timing) {
-    timing->other_s = std::chrono::duration<double>(t1 - t0).count();
     timing->fwd_bwd_s = std::chrono::duration<double>(t2 - t1).count();
     timing->reduce_opt_s = std::chrono::duration<double>(t3 - t2).count();
   }

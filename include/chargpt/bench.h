@@ -154,22 +154,9 @@ struct BenchResult {
   std::string blas_core;  // openblas_get_corename(): the kernels OpenBLAS picked
 };
 
-// The 1-minute load average, or -1 where /proc/loadavg cannot be read.
-double load_average();
-
-// CPU accounting to see how much of the machine others took: busy seconds of
-// the whole machine (/proc/stat, all CPUs; negative where unreadable) and CPU
-// seconds of this process (all threads).
-double machine_busy_seconds();
-double process_cpu_seconds();
-
 // Runs the bench on an encoded dataset. Progress lines go to `progress` (may be null).
 BenchResult run_bench(const BenchOptions& opt, const std::vector<int32_t>& train_split, int vocab_size,
                       std::ostream* progress);
-
-// sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
-// sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
-double measure_sgemm_rate(int threads, int n, int reps);
 
 // Fits Amdahl from the rows (base = smallest count, n = largest count that is
 // not oversubscribed) and predicts 8, 16 and 64 threads.

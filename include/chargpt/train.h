@@ -57,7 +57,7 @@ int default_shard_size(int batch_size, int block_size);
 std::string optim_state_path(const std::string& weights_path);
 
 struct StepTiming {
-  double fwd_bwd_s = 0, reduce_opt_s = 0, other_s = 0;
+  double fwd_bwd_s = 0, reduce_opt_s = 0;
 };
 
 struct Engine {
