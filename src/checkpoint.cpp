@@ -74,7 +74,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
-  const std::string bytes = read_file(path);
+  std::string bytes = read_file(path);
   auto bad = [&](const std::string& why) {
     return std::runtime_error("'" + path + "' is not a valid safetensors file: " + why);
   };
@@ -91,7 +91,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
   if (!header.is_object()) throw bad("header is not a JSON object");
   SafetensorsFile f;
   f.path = path;
-  f.data.assign(bytes.begin() + 8 + (ptrdiff_t)hlen, bytes.end());
+  f.data = std::move(bytes);
+  f.data.erase(0, 8 + hlen);  // in place: no second copy of the tensors
   std::vector<std::pair<size_t, size_t>> ranges;
   for (auto& [key, val] : header.items()) {
     if (key == "__metadata__") {

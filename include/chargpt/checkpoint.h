@@ -32,7 +32,7 @@ struct SafetensorsFile {
   };
   Metadata meta;
   std::map<std::string, Entry> tensors;
-  std::vector<char> data;
+  std::string data;  // the bytes after the header
   // Copies tensor `name` into dst, checking its dtype/shape; throws naming the file.
   void read_tensor(const std::string& name, const std::vector<int64_t>& shape, float* dst) const;
   std::string path;
