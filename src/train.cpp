@@ -380,18 +380,15 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
   res.steps = e.step;
   res.steps_this_run = e.step - start_step;
   res.tok_per_s = res.steps_this_run > 0 ? res.steps_this_run * (double)tokens_per_step / loop_s : 0;
-  if (res.interrupted) {
-    res.wall_s = seconds_since(t_start);
-    res.peak_rss_bytes = peak_rss_bytes();
-    return res;
+  if (!res.interrupted) {  // an interrupted run has saved already and skips the final evaluation
+    saver.save(e);
+    evaluate(e.step);
+    res.train_loss = train_loss;
+    res.val_loss = val_loss;
   }
-  saver.save(e);
-  evaluate(e.step);
-  res.train_loss = train_loss;
-  res.val_loss = val_loss;
   res.wall_s = seconds_since(t_start);
   res.peak_rss_bytes = peak_rss_bytes();
-  if (!o.quiet) {
+  if (!o.quiet && !res.interrupted) {
     char line[320];
     std::snprintf(line, sizeof line,
                   "done: %d steps (%d this run) in %.1fs, %.0f tok/s; train loss %.4f, val loss %.4f "
