@@ -1,7 +1,6 @@
 // chargpt sample: generate text from a checkpoint, streaming it to stdout.
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -79,29 +78,23 @@ int cmd_sample(int argc, char** argv) {
   if (r.count("prompt") && r.count("prompt-file")) throw UsageError("--prompt and --prompt-file cannot be used together");
 
   // The prompt's text, before the (slow) checkpoint load, so its problems show at once.
-  std::u32string prompt_cps;
+  // A bad prompt file is a runtime error (exit 1), a bad --prompt a usage error (exit 2).
   const bool from_file = r.count("prompt-file") > 0;
   const std::string prompt_file = from_file ? r["prompt-file"].as<std::string>() : "";
-  if (from_file) {
-    std::error_code ec;
-    if (std::filesystem::is_directory(prompt_file, ec))
-      throw std::runtime_error("prompt file '" + prompt_file + "' is a directory");
-    const std::string bytes = read_file(prompt_file);
-    try {
-      prompt_cps = utf8_decode(bytes);
-    } catch (const std::exception& e) {
-      throw std::runtime_error("prompt file '" + prompt_file + "': " + e.what());
-    }
-    if (prompt_cps.empty()) throw std::runtime_error("prompt is empty (prompt file '" + prompt_file + "')");
-  } else {
-    const std::string bytes = r.count("prompt") ? r["prompt"].as<std::string>() : "\n";
-    try {
-      prompt_cps = utf8_decode(bytes);
-    } catch (const std::exception& e) {
-      throw UsageError(std::string("--prompt: ") + e.what());
-    }
-    if (prompt_cps.empty()) throw UsageError("prompt is empty");
+  const std::string where = from_file ? "prompt file '" + prompt_file + "'" : "--prompt";
+  auto fail = [from_file](const std::string& msg) {
+    if (from_file) throw std::runtime_error(msg);
+    throw UsageError(msg);
+  };
+  const std::string bytes =
+      from_file ? read_file(prompt_file) : (r.count("prompt") ? r["prompt"].as<std::string>() : "\n");
+  std::u32string prompt_cps;
+  try {
+    prompt_cps = utf8_decode(bytes);
+  } catch (const std::exception& e) {
+    fail(where + ": " + e.what());
   }
+  if (prompt_cps.empty()) fail(from_file ? "prompt is empty (" + where + ")" : "prompt is empty");
 
   const std::string ckpt = r["checkpoint"].as<std::string>();
   Model m = load_model(ckpt);
@@ -116,10 +109,7 @@ int cmd_sample(int argc, char** argv) {
   try {
     prompt = m.tok.encode(prompt_cps);
   } catch (const std::exception& e) {
-    const std::string where = from_file ? "prompt file '" + prompt_file + "'" : "--prompt";
-    const std::string msg = where + ": " + e.what() + " (the vocabulary of '" + ckpt + "')";
-    if (from_file) throw std::runtime_error(msg);
-    throw UsageError(msg);
+    fail(where + ": " + e.what() + " (the vocabulary of '" + ckpt + "')");
   }
 
   Sampler sampler(temperature, top_k, top_p, r["seed"].as<uint64_t>());
