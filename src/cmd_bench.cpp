@@ -9,6 +9,7 @@
 
 #include "chargpt/bench.h"
 #include "chargpt/cli.h"
+#include "chargpt/train.h"
 #include "chargpt/data.h"
 
 namespace chargpt {
@@ -20,7 +21,7 @@ int cmd_bench(int argc, char** argv) {
                      "the measured sgemm rate, the phase split and an Amdahl fit.");
   add_model_options(o);
   o.add_options("Bench")
-      ("data", "training text (UTF-8)", cxxopts::value<std::string>()->default_value("data/tinyshakespeare.txt"))
+      ("data", "training text (UTF-8)", cxxopts::value<std::string>()->default_value(TrainOptions{}.data_path))
       ("threads", "thread counts: a comma list like 1,2,3, or 'all' = 1, 2, 4, ... up to the hardware threads "
                   "(plus that count if it is not a power of two)", cxxopts::value<std::string>()->default_value("all"))
       ("steps", "timed steps per thread count per round", cxxopts::value<int>()->default_value("20"))

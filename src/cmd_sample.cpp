@@ -41,7 +41,7 @@ int cmd_sample(int argc, char** argv) {
                      "new window of the last --keep tokens (its cache rebuilt by one prefill). Same checkpoint, "
                      "prompt, flags and seed give the same text for every --threads value.");
   o.add_options()
-      ("checkpoint", "model to sample from", cxxopts::value<std::string>()->default_value("checkpoints/shakespeare.safetensors"))
+      ("checkpoint", "model to sample from", cxxopts::value<std::string>()->default_value(TrainOptions{}.out_path))
       ("prompt", "text to start from (default: a newline)", cxxopts::value<std::string>())
       ("prompt-file", "read the prompt from this UTF-8 file", cxxopts::value<std::string>())
       ("tokens", "characters to generate", cxxopts::value<int>()->default_value("500"))

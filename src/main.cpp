@@ -31,27 +31,38 @@ void on_sigint(int) {
 int cmd_train(int argc, char** argv) {
   cxxopts::Options o("chargpt train", "Train a character-level GPT on a UTF-8 text file.");
   TrainOptions d;  // defaults
+  // A default as --help shows it; %g reads back as the same float.
+  auto num = [](double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", x);
+    return std::string(buf);
+  };
   add_model_options(o);
   o.add_options("Training")
       ("data", "training text (UTF-8)", cxxopts::value<std::string>()->default_value(d.data_path))
       ("out", "checkpoint to write (safetensors; optimizer state beside it as *.optim.safetensors)",
        cxxopts::value<std::string>()->default_value(d.out_path))
       ("steps", "total optimizer steps", cxxopts::value<int>()->default_value(std::to_string(d.steps)))
-      ("lr", "peak learning rate", cxxopts::value<float>()->default_value("1e-3"))
-      ("min-lr", "learning rate at the end of the cosine decay", cxxopts::value<float>()->default_value("1e-4"))
+      ("lr", "peak learning rate", cxxopts::value<float>()->default_value(num(d.lr)))
+      ("min-lr", "learning rate at the end of the cosine decay", cxxopts::value<float>()->default_value(num(d.min_lr)))
       ("warmup", "linear warmup steps", cxxopts::value<int>()->default_value(std::to_string(d.warmup)))
-      ("lr-decay-steps", "length of the cosine schedule (0 = --steps)", cxxopts::value<int>()->default_value("0"))
-      ("weight-decay", "AdamW decoupled weight decay (2-D weights only)", cxxopts::value<float>()->default_value("0.1"))
-      ("beta1", "AdamW beta1", cxxopts::value<float>()->default_value("0.9"))
-      ("beta2", "AdamW beta2", cxxopts::value<float>()->default_value("0.99"))
-      ("grad-clip", "clip the global gradient norm to this (0 = off)", cxxopts::value<float>()->default_value("1.0"))
+      ("lr-decay-steps", "length of the cosine schedule (0 = --steps)",
+       cxxopts::value<int>()->default_value(std::to_string(d.lr_decay_steps)))
+      ("weight-decay", "AdamW decoupled weight decay (2-D weights only)",
+       cxxopts::value<float>()->default_value(num(d.adamw.weight_decay)))
+      ("beta1", "AdamW beta1", cxxopts::value<float>()->default_value(num(d.adamw.beta1)))
+      ("beta2", "AdamW beta2", cxxopts::value<float>()->default_value(num(d.adamw.beta2)))
+      ("grad-clip", "clip the global gradient norm to this (0 = off)",
+       cxxopts::value<float>()->default_value(num(d.grad_clip)))
       ("eval-interval", "estimate train/val loss every N steps (0 = only at the end)",
        cxxopts::value<int>()->default_value(std::to_string(d.eval_interval)))
       ("eval-iters", "batches per loss estimate", cxxopts::value<int>()->default_value(std::to_string(d.eval_iters)))
-      ("save-interval", "also save every N steps (0 = only at the end)", cxxopts::value<int>()->default_value("0"))
+      ("save-interval", "also save every N steps (0 = only at the end)",
+       cxxopts::value<int>()->default_value(std::to_string(d.save_interval)))
       ("resume", "continue from the checkpoint at --out (weights, optimizer, step, data sampler)")
-      ("seed", "random seed (init and data order)", cxxopts::value<uint64_t>()->default_value("1337"))
-      ("threads", "worker threads (0 = all hardware threads)", cxxopts::value<int>()->default_value("0"))
+      ("seed", "random seed (init and data order)", cxxopts::value<uint64_t>()->default_value(std::to_string(d.seed)))
+      ("threads", "worker threads (0 = all hardware threads)",
+       cxxopts::value<int>()->default_value(std::to_string(d.threads)))
       ("log", "write JSON Lines: one object per logged step and per evaluation", cxxopts::value<std::string>())
       ("log-interval", "steps between log lines", cxxopts::value<int>()->default_value(std::to_string(d.log_interval)))
       ("h,help", "show this help");
@@ -88,8 +99,8 @@ int cmd_eval(int argc, char** argv) {
                      "Exact mean loss of a checkpoint over a whole data split: windows of block_size at 0, T, "
                      "2T, ... so each target is counted once.");
   o.add_options()
-      ("checkpoint", "model to evaluate", cxxopts::value<std::string>()->default_value("checkpoints/shakespeare.safetensors"))
-      ("data", "text file (split 90/10 as in training)", cxxopts::value<std::string>()->default_value("data/tinyshakespeare.txt"))
+      ("checkpoint", "model to evaluate", cxxopts::value<std::string>()->default_value(TrainOptions{}.out_path))
+      ("data", "text file (split 90/10 as in training)", cxxopts::value<std::string>()->default_value(TrainOptions{}.data_path))
       ("split", "val or train", cxxopts::value<std::string>()->default_value("val"))
       ("threads", "worker threads (0 = all)", cxxopts::value<int>()->default_value("0"))
       ("json", "print one JSON object")
