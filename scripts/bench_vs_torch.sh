@@ -38,8 +38,8 @@ WARMUP=5
 [ -f "$DATA" ] || { echo "bench_vs_torch: no data file at '$DATA' (set DATA)" >&2; exit 1; }
 "$PY" -c 'import torch' 2>/dev/null || { echo "bench_vs_torch: $PY cannot import torch (sudo apt-get install -y python3-torch)" >&2; exit 1; }
 
-# field NAME from a one-line JSON object on stdin
-field() { "$PY" -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
+# fields NAME... (space-separated) from the last line of JSON on stdin
+field() { "$PY" -c 'import json,sys; j = json.loads(sys.stdin.read().strip().splitlines()[-1]); print(*(j[k] for k in sys.argv[1:]))' "$@"; }
 
 results=$(mktemp)
 errs=$(mktemp)
@@ -53,21 +53,21 @@ for ((r = 1; r <= ROUNDS; r++)); do
     run "$CHARGPT" bench --data "$DATA" --preset baby --threads "$n" --steps $STEPS --warmup $WARMUP \
       --rounds 1 --sgemm-size 256 --json -q
     ours=$out
+    # one parse of our JSON: kernels, ms/step, loss, others' CPU share ("?" where /proc/stat was unreadable)
+    read -r blas ms loss others < <(echo "$ours" | "$PY" -c 'import json,sys
+j = json.load(sys.stdin); r = j["rows"][0]; o = r["other_cpu_frac"]
+print(j["method"]["blas_core"], "%.3f" % r["ms_median"], "%.4f" % r["loss_last"], "?" if o < 0 else "%.0f%%" % (100 * o))')
     if [ -z "${core:-}" ]; then
-      core=$(echo "$ours" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["method"]["blas_core"])')
+      core=$blas
       echo "chargpt's OpenBLAS kernels: $core"
     fi
-    ms=$(echo "$ours" | "$PY" -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["rows"][0]["ms_median"])')
-    loss=$(echo "$ours" | "$PY" -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["rows"][0]["loss_last"])')
-    others=$(echo "$ours" | "$PY" -c 'import json,sys; print("%.0f%%" % (100 * json.load(sys.stdin)["rows"][0]["other_cpu_frac"]))')
     printf '%-6s %-8s %-8s %10s %10s %8s\n' "$r" chargpt "$n" "$ms" "$loss" "$others"
     echo "chargpt $n $ms" >>"$results"
 
     run env OPENBLAS_NUM_THREADS=1 "$PY" "$TORCH_PEER" bench --data "$DATA" --threads "$n" \
       -L 4 -H 4 -C 128 -T 64 -B 12 --steps $STEPS --warmup $WARMUP
     theirs=$out
-    ms=$(echo "$theirs" | field ms_per_step)
-    loss=$(echo "$theirs" | field loss)
+    read -r ms loss < <(echo "$theirs" | field ms_per_step loss)
     printf '%-6s %-8s %-8s %10s %10s\n' "$r" pytorch "$n" "$ms" "$loss"
     echo "pytorch $n $ms" >>"$results"
   done
