@@ -20,6 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 
+def mark(ax, rows, ys, color, fmt):
+    """One marker per setting (hollow where oversubscribed), labelled with its value."""
+    for r, y in zip(rows, ys):
+        ax.plot(r["threads"], y, "o", color=color, mfc="white" if r["over"] else color, ms=7)
+        ax.annotate(fmt.format(y), (r["threads"], y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+
+
 def read_rows(path):
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -64,39 +71,31 @@ def main():
     ideal_t = [base, tmax] if tmax > base else [base, base * 2]
     ax1.plot(ideal_t, [x / base for x in ideal_t], "--", color="gray", label="ideal (linear)")
     ax1.errorbar(t, s, yerr=s_err, fmt="-", color="C0", capsize=3, label="measured (bars: one-step spread)")
-    for r, y in zip(rows, s):
-        ax1.plot(r["threads"], y, "o", color="C0", mfc="white" if r["over"] else "C0", ms=7)
+    mark(ax1, rows, s, "C0", "{:.2f}")
     ax1.set_xlabel("threads")
     ax1.set_ylabel(f"speedup over {base} thread{'s' if base > 1 else ''}")
     ax1.set_xticks(t)
     ax1.set_ylim(bottom=0)
     ax1.grid(alpha=0.3)
-    ax1.legend(loc="upper left", fontsize=8)
 
     ax2.axhline(100, ls="--", color="gray", label="ideal")
     ax2.plot(t, e, "-", color="C1")
-    for r, y in zip(rows, e):
-        ax2.plot(r["threads"], y, "o", color="C1", mfc="white" if r["over"] else "C1", ms=7)
+    mark(ax2, rows, e, "C1", "{:.0f}%")
     ax2.set_xlabel("threads")
     ax2.set_ylabel("parallel efficiency (%)")
     ax2.set_xticks(t)
     ax2.set_ylim(0, max(110, max(e) + 10))
     ax2.grid(alpha=0.3)
-    if any(r["over"] for r in rows):
-        ax2.plot([], [], "o", color="gray", mfc="white", label="oversubscribed")
-    ax2.legend(loc="lower left", fontsize=8)
     over = [r["threads"] for r in rows if r["over"]]
     if over:  # shade the oversubscribed range: threads share cores there
+        ax2.plot([], [], "o", color="gray", mfc="white", label="oversubscribed")
         inside = [r["threads"] for r in rows if not r["over"]]
         lo = max(inside) if inside else min(over)
         for ax in (ax1, ax2):
             ax.axvspan(lo, max(over), color="gray", alpha=0.12, lw=0)
         ax1.plot([], [], "s", color="gray", alpha=0.3, label="more threads than cores")
-        ax1.legend(loc="upper left", fontsize=8)
-    for ax, rows_y in ((ax1, s), (ax2, e)):
-        for r, y in zip(rows, rows_y):
-            ax.annotate(f"{y:.2f}" if ax is ax1 else f"{y:.0f}%", (r["threads"], y), textcoords="offset points",
-                        xytext=(5, -12), fontsize=8)
+    ax1.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="lower left", fontsize=8)
     if tmax / base >= 8:
         for ax in (ax1, ax2):
             ax.set_xscale("log", base=2)
