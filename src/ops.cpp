@@ -355,8 +355,8 @@ void causal_softmax_row(float* p, const float* s, int i, int T) {
 }
 
 // d[j] = p[j] · (d[j] - Σ_k p[k] d[k]) over j, k <= i: the softmax's backward,
-// in place; d[j] = 0 for i < j < vector_columns(i, T).
-void causal_softmax_backward_row(float* d, const float* p, int i, int T) {
+// in place; d[j] = 0 for i < j < zero_end.
+void causal_softmax_backward_row(float* d, const float* p, int i, int T, int zero_end) {
   const int n = i + 1, nv = vector_columns(i, T);
   const float fi = (float)i;
   v16 acc = {};
@@ -366,6 +366,7 @@ void causal_softmax_backward_row(float* d, const float* p, int i, int T) {
   for (int j = 0; j < nv; j += kW)
     store16(d + j, kLane + (float)j <= fi ? load16(p + j) * (load16(d + j) - dot) : 0.f);
   for (int j = nv; j < n; ++j) d[j] = p[j] * (d[j] - dot);
+  for (int j = std::max(n, nv); j < zero_end; ++j) d[j] = 0.f;  // (the vector groups zeroed up to nv)
 }
 
 }  // namespace
@@ -412,10 +413,8 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
       causal_scores(dS, dy, C, VT, T, hd, 1.f);   // dP = dy · vᵀ (causal part)
       lower_t_times(dv, C3, P, T, dy, C, T, hd, 1.f);  // dv = Pᵀ · dy
       for (int i = 0; i < T; ++i) {               // softmax backward, in place
-        float* d = dS + (size_t)i * Tp;
-        causal_softmax_backward_row(d, P + (size_t)i * T, i, T);
         const int block_end = std::min(Tp, (i / kRows + 1) * kRows);  // what the kernels below read
-        for (int j = i + 1; j < block_end; ++j) d[j] = 0.f;
+        causal_softmax_backward_row(dS + (size_t)i * Tp, P + (size_t)i * T, i, T, block_end);
       }
       lower_times(dq, C3, dS, Tp, k, C3, T, hd, scale);    // dq = dS · k / sqrt(hd)
       lower_t_times(dk, C3, dS, Tp, q, C3, T, hd, scale);  // dk = dSᵀ · q / sqrt(hd)
