@@ -142,20 +142,23 @@ double Engine::estimate_loss(const std::vector<int32_t>& split, int iters, uint6
   if (iters <= 0) return NAN;
   const int T = cfg.block_size;
   Rng rng(seed);
-  std::vector<int32_t> in((size_t)iters * batch_size * T), tg(in.size());
+  // All iters batches at once, so that every (batch, shard) is a task; the
+  // buffers are the engine's, grown on the first call and reused after.
+  const size_t tokens = (size_t)iters * batch_size * T, tasks = (size_t)iters * n_shards;
+  if (eval_inputs.size() < tokens) eval_inputs.resize(tokens), eval_targets.resize(tokens);
+  if (eval_sums.size() < tasks) eval_sums.resize(tasks);
   for (int i = 0; i < iters; ++i)
-    sample_batch(split, batch_size, T, rng, in.data() + (size_t)i * batch_size * T,
-                 tg.data() + (size_t)i * batch_size * T);
-  const int tasks = iters * n_shards;
-  std::vector<double> sums(tasks);
+    sample_batch(split, batch_size, T, rng, eval_inputs.data() + (size_t)i * batch_size * T,
+                 eval_targets.data() + (size_t)i * batch_size * T);
   pool.for_each(tasks, [&](size_t k) {
     const int it = (int)k / n_shards, s = (int)k % n_shards;
     const int n0 = s * shard_size, n = std::min(shard_size, batch_size - n0);
     const size_t off = ((size_t)it * batch_size + n0) * T;
-    sums[k] = gpt_forward(cfg, param_view, acts.local(), in.data() + off, tg.data() + off, n, T);
+    eval_sums[k] =
+        gpt_forward(cfg, param_view, acts.local(), eval_inputs.data() + off, eval_targets.data() + off, n, T);
   });
   double total = 0;
-  for (double s : sums) total += s;
+  for (size_t k = 0; k < tasks; ++k) total += eval_sums[k];
   return total / ((double)iters * batch_size * T);
 }
 

@@ -76,6 +76,8 @@ struct Engine {
   std::vector<double> chunk_sumsq;    // per-chunk partial of the squared gradient norm
   std::vector<double> shard_loss;     // per-shard loss sums
   std::vector<int32_t> inputs, targets;  // [B,T]
+  std::vector<int32_t> eval_inputs, eval_targets;  // [iters,B,T] of estimate_loss
+  std::vector<double> eval_sums;                   // estimate_loss's per-task loss sums
   tbb::enumerable_thread_specific<Activations> acts;
   int step = 0;  // completed optimizer steps
   Rng data_rng;
