@@ -362,9 +362,10 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     if (!o.quiet && (tty || log_now)) {
       const double eta = ema_step_s * (o.steps - e.step);
       char line[256];
-      std::string val = std::isnan(val_loss) ? "" : ", val " + std::to_string(val_loss).substr(0, 6);
+      char val[32] = "";  // rounded like the evaluation lines (it used to truncate: 3.7554 beside 3.7555)
+      if (!std::isnan(val_loss)) std::snprintf(val, sizeof val, ", val %.4f", val_loss);
       std::snprintf(line, sizeof line, "%sstep %d/%d  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %s%s",
-                    tty ? "\r\033[K" : "", e.step, o.steps, loss, val.c_str(), lr,
+                    tty ? "\r\033[K" : "", e.step, o.steps, loss, val, lr,
                     tok_per_s > 0 ? tok_per_s : tokens_per_step / step_s, human_duration(eta).c_str(),
                     tty ? "" : "\n");
       out << line << std::flush;
