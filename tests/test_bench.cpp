@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "chargpt/bench.h"
-#include "run_cli.h"
+#include "util.h"
 #include "chargpt/cli.h"
 #include "chargpt/data.h"
 #include "chargpt/rng.h"

@@ -21,7 +21,7 @@
 
 #include "chargpt/checkpoint.h"
 #include "chargpt/train.h"
-#include "run_cli.h"
+#include "util.h"
 
 using namespace chargpt;
 using chargpt::test::run_cli;
@@ -190,7 +190,7 @@ TEST_CASE("cli: bad flags and files give one clear line and a non-zero exit") {
     CHECK_MESSAGE(r.output.find(flag) != std::string::npos, flag);
 }
 
-TEST_CASE("cli: a non-finite loss stops training, naming the step; the last checkpoint stays") {
+TEST_CASE("cli: a non-finite loss stops training, naming the step, and the last checkpoint stays") {
   const std::string dir = temp_dir();
   const std::string out = dir + "/nan.safetensors";
   auto r = run_cli("train --data " + corpus_file() +
