@@ -11,13 +11,12 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <cblas.h>
 #include <tbb/global_control.h>
 #include <tbb/info.h>
 
 #include "chargpt/buffer.h"
 #include "chargpt/cli.h"
-#include "chargpt/matmul.h"
+#include "chargpt/backend.h"
 #include "chargpt/rng.h"
 #include "chargpt/train.h"
 
@@ -135,7 +134,7 @@ std::vector<int> parse_thread_list(const std::string& spec, int hw) {
 // sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
 // sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
 static double measure_sgemm_rate(int threads, int n, int reps) {
-  blas_single_threaded();
+  Backend& be = cpu_backend();
   const size_t nn = (size_t)n * n;
   struct Mats {
     FloatBuffer a, b, c;
@@ -156,7 +155,7 @@ static double measure_sgemm_rate(int threads, int n, int reps) {
   for (int rep = 0; rep < std::max(reps, 1) + 1; ++rep) {  // the first rep warms up and is not counted
     const auto t0 = Clock::now();
     pool.for_each(threads, [&](size_t i) {
-      sgemm(false, false, n, n, n, 1.f, mats[i].a.data(), n, mats[i].b.data(), n, 0.f, mats[i].c.data(), n);
+      be.gemm(false, false, n, n, n, mats[i].a.data(), n, mats[i].b.data(), n, 0.f, mats[i].c.data(), n);
     });
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     if (rep > 0) best = std::min(best, s);
@@ -270,7 +269,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
   opt.model.vocab_size = vocab_size;
   opt.model.validate();
   res.load_before = load_average();
-  res.blas_core = openblas_get_corename();
+  res.blas_core = blas_core_name();
   res.hardware_threads = tbb::info::default_concurrency();
   if (opt.threads.empty()) opt.threads = default_thread_counts(res.hardware_threads);
   std::sort(opt.threads.begin(), opt.threads.end());
@@ -303,9 +302,10 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       row.threads = opt.threads[k];
       if (!engines[k]) {
         engines[k] = std::make_unique<Engine>(cfg, opt.batch_size, opt.shard_size, row.threads, opt.seed);
-        init_params(cfg, engines[k]->params.data(), opt.seed);
-        res.n_shards = engines[k]->n_shards;
-        res.shard_size = engines[k]->shard_size;
+        init_params(cfg, engines[k]->params(), opt.seed);
+        engines[k]->weights_loaded();
+        res.n_shards = engines[k]->n_shards();
+        res.shard_size = engines[k]->shard_size();
       }
       Engine& e = *engines[k];
       if (round == 0)
@@ -354,7 +354,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
   for (size_t k = 0; k < S; ++k) {
     BenchRow& row = res.rows[k];
     row.oversubscribed = row.threads > res.hardware_threads;
-    row.threads_seen = (int)engines[k]->acts.size();
+    row.threads_seen = engines[k]->threads_seen();
     if (have_stat && block_wall[k] > 0)
       row.other_cpu_frac = std::min(1.0, other_busy[k] / (block_wall[k] * res.hardware_threads));
     row.engine_bytes = engines[k]->bytes_allocated();

@@ -3,15 +3,15 @@
 
 #include <tbb/enumerable_thread_specific.h>
 
-#include "chargpt/matmul.h"
-#include "chargpt/train.h"
+#include "chargpt/evaluate.h"
+#include "chargpt/threads.h"
 
 namespace chargpt {
 
 EvalResult evaluate_split(const Config& cfg, const float* params, const std::vector<int32_t>& split, int threads,
-                          int windows_per_task) {
+                          int windows_per_task, Backend* backend) {
   if (split.size() < 2) throw std::runtime_error("the split has fewer than 2 tokens: nothing to evaluate");
-  blas_single_threaded();
+  Backend& be = backend ? *backend : cpu_backend();
   const int T = cfg.block_size;
   const size_t n_targets = split.size() - 1;
   const size_t n_full = n_targets / T;          // windows of exactly T targets
@@ -30,7 +30,7 @@ EvalResult evaluate_split(const Config& cfg, const float* params, const std::vec
     const int n = is_tail ? 1 : (int)std::min<size_t>(windows_per_task, n_full - w0);
     const int t = is_tail ? tail : T;
     const int32_t* in = split.data() + w0 * T;
-    sums[k] = gpt_forward(cfg, P, acts.local(), in, in + 1, n, t);
+    sums[k] = gpt_forward(be, cfg, P, acts.local(), in, in + 1, n, t);
   });
   double total = 0;
   for (double s : sums) total += s;  // fixed order: deterministic for any thread count

@@ -10,9 +10,9 @@
 #include <string>
 #include <unistd.h>
 
-#include <cblas.h>
 #include <cxxopts.hpp>
 
+#include "chargpt/backend.h"
 #include "chargpt/checkpoint.h"
 #include "chargpt/cli.h"
 #include "chargpt/data.h"
@@ -134,35 +134,12 @@ void usage(std::FILE* f) {
                "  bench    time training steps over a sweep of thread counts\n");
 }
 
-// OpenBLAS reads its settings once, when the library loads, so they are set
-// here and the program re-executes itself once (a user's own settings win):
-// - OPENBLAS_NUM_THREADS=1: we call BLAS from our own oneTBB tasks. Without it
-//   OpenBLAS starts a thread per core at load time, and those spin for a while
-//   even after openblas_set_num_threads(1), stealing cores from our workers.
-// - OPENBLAS_CORETYPE=SKYLAKEX on AVX-512 CPUs that Debian 12's OpenBLAS 0.3.21
-//   does not know (Sapphire Rapids, Zen 4): it falls back to its AVX2 Haswell
-//   kernel, 70 GFLOP/s on one core of our CI machine against 112 for SkylakeX's.
-void configure_openblas(char** argv) {
-  bool changed = false;
-  if (!std::getenv("OPENBLAS_NUM_THREADS")) {
-    setenv("OPENBLAS_NUM_THREADS", "1", 1);
-    changed = true;
-  }
-  if (!std::getenv("OPENBLAS_CORETYPE") && __builtin_cpu_supports("avx512f")) {
-    std::string core = openblas_get_corename();
-    for (char& c : core) c = (char)std::tolower((unsigned char)c);
-    if (core == "cooperlake" || core == "haswell" || core == "zen") {
-      setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
-      changed = true;
-    }
-  }
-  if (changed) execv("/proc/self/exe", argv);  // returns only on failure: then carry on as we are
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  configure_openblas(argv);
+  // BLAS settings are read when the library loads: re-execute once with them set
+  // (returns only on failure: then carry on as we are).
+  if (configure_blas_environment()) execv("/proc/self/exe", argv);
   if (argc < 2) {
     usage(stderr);
     return 2;

@@ -145,7 +145,7 @@ Activations::Activations(const Config& cfg, int max_batch_) : max_batch(max_batc
   lay_out();
 }
 
-double gpt_forward(const Config& cfg, const ParamViews& P, Activations& a, const int32_t* inputs,
+double gpt_forward(Backend& be, const Config& cfg, const ParamViews& P, Activations& a, const int32_t* inputs,
                    const int32_t* targets, int N, int t) {
   if (N > a.max_batch || t > cfg.block_size || t < 1)
     throw std::logic_error("gpt_forward: batch or length beyond the activation buffers");
@@ -157,27 +157,25 @@ double gpt_forward(const Config& cfg, const ParamViews& P, Activations& a, const
     const LayerParams& W = P.layers[l];
     Activations::Layer& A = a.layers[l];
     layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, x, W.ln1_w, W.ln1_b, R, C);
-    matmul_forward(A.qkv, A.ln1, W.qkv_w, W.qkv_b, R, C, 3 * C);
+    be.linear_forward(A.qkv, A.ln1, W.qkv_w, W.qkv_b, R, C, 3 * C);
     attention_forward(A.att_y, A.att_probs, a.att_scratch, A.qkv, N, t, C, NH);
-    matmul_forward(A.res_att, A.att_y, W.attproj_w, W.attproj_b, R, C, C);
+    be.linear_forward(A.res_att, A.att_y, W.attproj_w, W.attproj_b, R, C, C);
     residual_forward(A.res_att, A.res_att, x, (size_t)R * C);
     layernorm_forward(A.ln2, A.ln2_mean, A.ln2_rstd, A.res_att, W.ln2_w, W.ln2_b, R, C);
-    matmul_forward(A.fc, A.ln2, W.fc_w, W.fc_b, R, C, 4 * C);
+    be.linear_forward(A.fc, A.ln2, W.fc_w, W.fc_b, R, C, 4 * C);
     gelu_forward(A.fc_gelu, A.fc, (size_t)R * 4 * C);
-    matmul_forward(A.res_mlp, A.fc_gelu, W.fcproj_w, W.fcproj_b, R, 4 * C, C);
+    be.linear_forward(A.res_mlp, A.fc_gelu, W.fcproj_w, W.fcproj_b, R, 4 * C, C);
     residual_forward(A.res_mlp, A.res_mlp, A.res_att, (size_t)R * C);
     x = A.res_mlp;
   }
   layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, P.lnf_w, P.lnf_b, R, C);
-  matmul_forward(a.probs, a.lnf, P.wte, nullptr, R, C, V);  // tied LM head
+  be.linear_forward(a.probs, a.lnf, P.wte, nullptr, R, C, V);  // tied LM head
   if (!targets) return 0.0;
   softmax_crossentropy_forward(a.losses, a.probs, a.probs, targets, R, V);
-  double sum = 0.0;
-  for (int r = 0; r < R; ++r) sum += a.losses[r];
-  return sum;
+  return loss_sum(a.losses, (size_t)R);
 }
 
-void gpt_backward(const Config& cfg, const ParamViews& P, const ParamViews& G, Activations& a,
+void gpt_backward(Backend& be, const Config& cfg, const ParamViews& P, const ParamViews& G, Activations& a,
                   const int32_t* inputs, const int32_t* targets, int N, int t, float dloss, bool accumulate) {
   const int C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
   const int R = N * t;
@@ -185,19 +183,18 @@ void gpt_backward(const Config& cfg, const ParamViews& P, const ParamViews& G, A
   if (!accumulate) {
     // The matrices and biases are written by their first (only) matmul_backward;
     // LayerNorm and wpe gradients are sums of += and start from zero here.
-    auto zero = [](float* p, size_t n) { std::memset(p, 0, n * sizeof(float)); };
-    zero(G.wpe, (size_t)cfg.block_size * C);
+    fill_zero(G.wpe, (size_t)cfg.block_size * C);
     for (const LayerParams& L : G.layers)
-      for (float* p : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b}) zero(p, C);
-    zero(G.lnf_w, C);
-    zero(G.lnf_b, C);
+      for (float* p : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b}) fill_zero(p, C);
+    fill_zero(G.lnf_w, C);
+    fill_zero(G.lnf_b, C);
   }
   float* d_logits = a.probs;  // in place
   softmax_crossentropy_backward(d_logits, a.probs, targets, dloss, R, V);
   // wte: the LM head's product first, so that it may overwrite; the encoder adds to it.
-  matmul_backward(a.d_c, G.wte, nullptr, d_logits, a.lnf, P.wte, R, C, V, accumulate);
+  be.linear_backward(a.d_c, G.wte, nullptr, d_logits, a.lnf, P.wte, R, C, V, accumulate);
   const float* x_last = cfg.n_layer ? a.layers.back().res_mlp : a.encoded;
-  std::memset(a.d_res, 0, RC * sizeof(float));
+  fill_zero(a.d_res, RC);
   layernorm_backward(a.d_res, G.lnf_w, G.lnf_b, a.d_c, x_last, P.lnf_w, a.lnf_mean, a.lnf_rstd, R, C);
   for (int l = cfg.n_layer - 1; l >= 0; --l) {
     const LayerParams& W = P.layers[l];
@@ -205,14 +202,14 @@ void gpt_backward(const Config& cfg, const ParamViews& P, const ParamViews& G, A
     Activations::Layer& A = a.layers[l];
     const float* x_in = l ? a.layers[l - 1].res_mlp : a.encoded;
     // MLP: res_mlp = res_att + fcproj(gelu(fc(ln2(res_att))))
-    matmul_backward(a.d_fc, dW.fcproj_w, dW.fcproj_b, a.d_res, A.fc_gelu, W.fcproj_w, R, 4 * C, C, accumulate);
+    be.linear_backward(a.d_fc, dW.fcproj_w, dW.fcproj_b, a.d_res, A.fc_gelu, W.fcproj_w, R, 4 * C, C, accumulate);
     gelu_backward(a.d_fc, A.fc, a.d_fc, (size_t)R * 4 * C);
-    matmul_backward(a.d_c, dW.fc_w, dW.fc_b, a.d_fc, A.ln2, W.fc_w, R, C, 4 * C, accumulate);
+    be.linear_backward(a.d_c, dW.fc_w, dW.fc_b, a.d_fc, A.ln2, W.fc_w, R, C, 4 * C, accumulate);
     layernorm_backward(a.d_res, dW.ln2_w, dW.ln2_b, a.d_c, A.res_att, W.ln2_w, A.ln2_mean, A.ln2_rstd, R, C);
     // Attention: res_att = x_in + attproj(attention(qkv(ln1(x_in))))
-    matmul_backward(a.d_c, dW.attproj_w, dW.attproj_b, a.d_res, A.att_y, W.attproj_w, R, C, C, accumulate);
+    be.linear_backward(a.d_c, dW.attproj_w, dW.attproj_b, a.d_res, A.att_y, W.attproj_w, R, C, C, accumulate);
     attention_backward(a.d_qkv, a.att_scratch, a.d_c, A.qkv, A.att_probs, N, t, C, NH);
-    matmul_backward(a.d_c, dW.qkv_w, dW.qkv_b, a.d_qkv, A.ln1, W.qkv_w, R, C, 3 * C, accumulate);
+    be.linear_backward(a.d_c, dW.qkv_w, dW.qkv_b, a.d_qkv, A.ln1, W.qkv_w, R, C, 3 * C, accumulate);
     layernorm_backward(a.d_res, dW.ln1_w, dW.ln1_b, a.d_c, x_in, W.ln1_w, A.ln1_mean, A.ln1_rstd, R, C);
   }
   encoder_backward(G.wte, G.wpe, a.d_res, inputs, N, t, C);

@@ -6,7 +6,6 @@
 #include <cstring>
 #include <limits>
 
-#include "chargpt/matmul.h"
 
 namespace chargpt {
 
@@ -130,26 +129,6 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
       dbias[c] += d[c];
       dweight[c] += norm * d[c];
       dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
-    }
-  }
-}
-
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC, int OC) {
-  if (bias) {
-    for (int r = 0; r < R; ++r) std::memcpy(out + (size_t)r * OC, bias, sizeof(float) * OC);
-  }
-  sgemm(false, true, R, OC, IC, 1.f, inp, IC, weight, IC, bias ? 1.f : 0.f, out, OC);
-}
-
-void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int R, int IC, int OC, bool accumulate) {
-  if (dinp) sgemm(false, false, R, IC, OC, 1.f, dout, OC, weight, IC, 0.f, dinp, IC);
-  sgemm(true, false, OC, IC, R, 1.f, dout, OC, inp, IC, accumulate ? 1.f : 0.f, dweight, IC);
-  if (dbias) {
-    if (!accumulate) std::memset(dbias, 0, sizeof(float) * OC);
-    for (int r = 0; r < R; ++r) {
-      const float* d = dout + (size_t)r * OC;
-      for (int o = 0; o < OC; ++o) dbias[o] += d[o];
     }
   }
 }
@@ -491,6 +470,73 @@ void softmax_crossentropy_backward(float* dlogits, const float* probs, const int
     for (int i = 0; i < V; ++i) d[i] = p[i] * dloss;
     d[targets[r]] -= dloss;
   }
+}
+
+// ---------------------------------------------------------------------------
+// Matrix-vector rows (the KV-cache step): 16 lanes of partial sums per row,
+// reduced by a fixed tree, so a row's value never depends on how rows are split.
+
+namespace {
+
+constexpr int kLanes = 16;
+
+// Four rows at once (x loaded once per chunk); per row the same arithmetic as dot().
+inline void dot4(float out[4], const float* __restrict w, int ldw, const float* __restrict x, int n) {
+  float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
+  const float* w0 = w;
+  const float* w1 = w + ldw;
+  const float* w2 = w + 2 * (size_t)ldw;
+  const float* w3 = w + 3 * (size_t)ldw;
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const float xv = x[i + j];
+      a0[j] += w0[i + j] * xv;
+      a1[j] += w1[i + j] * xv;
+      a2[j] += w2[i + j] * xv;
+      a3[j] += w3[i + j] * xv;
+    }
+  for (int j = 0; i + j < n; ++j) {
+    const float xv = x[i + j];
+    a0[j] += w0[i + j] * xv;
+    a1[j] += w1[i + j] * xv;
+    a2[j] += w2[i + j] * xv;
+    a3[j] += w3[i + j] * xv;
+  }
+  for (int s = kLanes / 2; s >= 1; s /= 2)
+    for (int j = 0; j < s; ++j) {
+      a0[j] += a0[j + s];
+      a1[j] += a1[j + s];
+      a2[j] += a2[j + s];
+      a3[j] += a3[j + s];
+    }
+  out[0] = a0[0];
+  out[1] = a1[0];
+  out[2] = a2[0];
+  out[3] = a3[0];
+}
+
+}  // namespace
+
+void matvec_rows(float* out, const float* W, const float* b, const float* x, int IC, int o0, int o1) {
+  int o = o0;
+  float r[4];
+  for (; o + 4 <= o1; o += 4) {
+    dot4(r, W + (size_t)o * IC, IC, x, IC);
+    for (int j = 0; j < 4; ++j) out[o + j] = b ? r[j] + b[o + j] : r[j];
+  }
+  for (; o < o1; ++o) {
+    dot4(r, W + (size_t)o * IC, 0, x, IC);  // rows 1..3 alias row 0: same arithmetic as above
+    out[o] = b ? r[0] + b[o] : r[0];
+  }
+}
+
+void fill_zero(float* p, size_t n) { std::memset(p, 0, n * sizeof(float)); }
+
+double loss_sum(const float* losses, size_t n) {
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) sum += losses[i];  // in order: deterministic
+  return sum;
 }
 
 }  // namespace chargpt

@@ -10,7 +10,7 @@
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
-#include "chargpt/matmul.h"
+#include "chargpt/backend.h"
 #include "chargpt/ops.h"
 
 namespace chargpt {
@@ -126,68 +126,11 @@ inline float dot(const float* __restrict a, const float* __restrict b, int n) {
   return acc[0];
 }
 
-// Four rows at once (x loaded once per chunk); per row the same arithmetic as dot().
-inline void dot4(float out[4], const float* __restrict w, int ldw, const float* __restrict x, int n) {
-  float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
-  const float* w0 = w;
-  const float* w1 = w + ldw;
-  const float* w2 = w + 2 * (size_t)ldw;
-  const float* w3 = w + 3 * (size_t)ldw;
-  int i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const float xv = x[i + j];
-      a0[j] += w0[i + j] * xv;
-      a1[j] += w1[i + j] * xv;
-      a2[j] += w2[i + j] * xv;
-      a3[j] += w3[i + j] * xv;
-    }
-  for (int j = 0; i + j < n; ++j) {
-    const float xv = x[i + j];
-    a0[j] += w0[i + j] * xv;
-    a1[j] += w1[i + j] * xv;
-    a2[j] += w2[i + j] * xv;
-    a3[j] += w3[i + j] * xv;
-  }
-  for (int s = kLanes / 2; s >= 1; s /= 2)
-    for (int j = 0; j < s; ++j) {
-      a0[j] += a0[j + s];
-      a1[j] += a1[j + s];
-      a2[j] += a2[j + s];
-      a3[j] += a3[j + s];
-    }
-  out[0] = a0[0];
-  out[1] = a1[0];
-  out[2] = a2[0];
-  out[3] = a3[0];
-}
-
-enum class Epilogue { None, Gelu, Residual };
-
-// out[o] = W[o,:]·x + b[o] for o in [o0, o1), then optionally GELU or + resid[o].
-void matvec_rows(float* out, const float* W, const float* b, const float* x, int IC, int o0, int o1, Epilogue ep,
-                 const float* resid) {
-  int o = o0;
-  float r[4];
-  auto finish = [&](int row, float v) {
-    if (b) v += b[row];
-    if (ep == Epilogue::Residual) v += resid[row];
-    out[row] = v;
-  };
-  for (; o + 4 <= o1; o += 4) {
-    dot4(r, W + (size_t)o * IC, IC, x, IC);
-    for (int j = 0; j < 4; ++j) finish(o + j, r[j]);
-  }
-  for (; o < o1; ++o) {
-    dot4(r, W + (size_t)o * IC, 0, x, IC);  // rows 1..3 alias row 0: same arithmetic as above
-    finish(o, r[0]);
-  }
-  if (ep == Epilogue::Gelu) gelu_forward(out + o0, out + o0, (size_t)(o1 - o0));
-}
-
 // Output rows (step) or columns (prefill) per task: fixed by the shape alone,
 // never by the thread count.
 constexpr int kRowsPerBlock = 32;
+
+enum class Epilogue { None, Gelu, Residual };
 // Below this many multiply-adds a loop runs on the calling thread (a choice
 // that changes no result: every block is computed by the same code either way).
 constexpr long kParallelMacs = 24 * 1024;
@@ -197,10 +140,10 @@ constexpr long kParallelMacs = 24 * 1024;
 // ---------------------------------------------------------------------------
 // KVCacheModel
 
-KVCacheModel::KVCacheModel(const Config& cfg, const float* params, int threads)
-    : cfg_(cfg), P_(param_views(cfg, const_cast<float*>(params))), pool_(threads) {
+KVCacheModel::KVCacheModel(const Config& cfg, const float* params, int threads, Backend* backend)
+    : cfg_(cfg), P_(param_views(cfg, const_cast<float*>(params))), be_(backend ? *backend : cpu_backend()),
+      pool_(threads) {
   cfg_.validate();
-  blas_single_threaded();
   const size_t L = cfg.n_layer, T = cfg.block_size, C = cfg.n_embd;
   k_.resize(L * T * C);
   v_.resize(L * T * C);
@@ -241,8 +184,7 @@ const float* KVCacheModel::prefill(const int32_t* tokens, int n) {
       throw std::invalid_argument("KVCacheModel::prefill: token id " + std::to_string(tokens[i]) + " out of range");
   len_ = 0;
   if (n == 1) return step(tokens[0]);
-  if (pool_.threads == 1) prefill_in_arena(tokens, n);
-  else pool_.arena->execute([&] { prefill_in_arena(tokens, n); });
+  prefill_window(tokens, n);
   len_ = n;
   return logits_.data();
 }
@@ -259,63 +201,23 @@ const float* KVCacheModel::step(int32_t token) {
   return logits_.data();
 }
 
-// The batched forward of gpt_forward for one window, with each matrix product
-// split over fixed blocks of output columns (one sgemm each) and attention over
-// heads, run in parallel; k and v go to the cache; logits of the last row only.
-void KVCacheModel::prefill_in_arena(const int32_t* tokens, int n) {
-  const int C = cfg_.n_embd, NH = cfg_.n_head, hd = C / NH;
+// The window through the model's own batched forward (gpt_forward with N = 1);
+// its k and v go to the cache, the last row's logits to logits_.
+void KVCacheModel::prefill_window(const int32_t* tokens, int n) {
+  const int C = cfg_.n_embd, V = cfg_.vocab_size;
   const size_t T = cfg_.block_size;
-  const size_t head_scratch = T * T + attention_scratch_floats((int)T, hd);  // probs, then scratch
-  if (pre_.size() == 0) pre_.resize(T * C * 4 + T * 3 * C + T * 4 * C + (size_t)NH * head_scratch + 2 * T);
-  float* X = pre_.data();           // [T,C] residual stream
-  float* LN = X + T * C;            // [T,C]
-  float* Y = LN + T * C;            // [T,C] attention output
-  float* R = Y + T * C;             // [T,C] residual after attention
-  float* QKV = R + T * C;           // [T,3C]
-  float* H = QKV + T * 3 * C;       // [T,4C]
-  float* S = H + T * 4 * C;         // [NH, head_scratch]
-  float* mean = S + (size_t)NH * head_scratch;
-  float* rstd = mean + T;
-
-  // out[n,OC] = inp[n,IC] · W[OC,IC]ᵀ + b, then GELU or + resid[n,OC].
-  auto gemm = [&](int site, float* out, const float* inp, const float* W, const float* b, int IC, int OC,
-                  Epilogue ep, const float* resid) {
-    const int blocks = (OC + kRowsPerBlock - 1) / kRowsPerBlock;
-    for_blocks(site, blocks, (long)n * IC * OC, [&](int blk) {
-      const int o0 = blk * kRowsPerBlock, oc = std::min(OC, o0 + kRowsPerBlock) - o0;
-      for (int r = 0; r < n; ++r) std::memcpy(out + (size_t)r * OC + o0, b + o0, oc * sizeof(float));
-      sgemm(false, true, n, oc, IC, 1.f, inp, IC, W + (size_t)o0 * IC, IC, 1.f, out + o0, OC);
-      for (int r = 0; r < n; ++r) {
-        float* row = out + (size_t)r * OC + o0;
-        if (ep == Epilogue::Gelu) gelu_forward(row, row, oc);
-        if (ep == Epilogue::Residual) residual_forward(row, row, resid + (size_t)r * OC + o0, oc);
-      }
-    });
-  };
-
-  encoder_forward(X, tokens, P_.wte, P_.wpe, 1, n, C);
+  if (!pre_) pre_ = std::make_unique<Activations>(cfg_, 1);
+  gpt_forward(be_, cfg_, P_, *pre_, tokens, nullptr, 1, n);
   for (int l = 0; l < cfg_.n_layer; ++l) {
-    const LayerParams& W = P_.layers[l];
-    const int site = kSites * l;
-    layernorm_forward(LN, mean, rstd, X, W.ln1_w, W.ln1_b, n, C);
-    gemm(site, QKV, LN, W.qkv_w, W.qkv_b, C, 3 * C, Epilogue::None, nullptr);
+    const float* QKV = pre_->layers[l].qkv;
     float* K = k_.data() + l * T * C;
     float* Vc = v_.data() + l * T * C;
     for (int t = 0; t < n; ++t) {
       std::memcpy(K + (size_t)t * C, QKV + (size_t)t * 3 * C + C, C * sizeof(float));
       std::memcpy(Vc + (size_t)t * C, QKV + (size_t)t * 3 * C + 2 * C, C * sizeof(float));
     }
-    for_blocks(site + 1, NH, (long)n * n * hd * 2, [&](int h) {
-      float* Sh = S + (size_t)h * head_scratch;
-      attention_head_forward(Y + h * hd, C, Sh, Sh + (size_t)n * n, QKV + h * hd, n, C, hd);
-    });
-    gemm(site + 2, R, Y, W.attproj_w, W.attproj_b, C, C, Epilogue::Residual, X);
-    layernorm_forward(LN, mean, rstd, R, W.ln2_w, W.ln2_b, n, C);
-    gemm(site + 3, H, LN, W.fc_w, W.fc_b, C, 4 * C, Epilogue::Gelu, nullptr);
-    gemm(site + 4, X, H, W.fcproj_w, W.fcproj_b, 4 * C, C, Epilogue::Residual, R);
   }
-  std::memcpy(x_.data(), X + (size_t)(n - 1) * C, C * sizeof(float));
-  head_logits();
+  std::memcpy(logits_.data(), pre_->probs + (size_t)(n - 1) * V, V * sizeof(float));
 }
 
 // LM head for the last position's residual stream in x_.
@@ -324,8 +226,8 @@ void KVCacheModel::head_logits() {
   layernorm_forward(xn_.data(), stats_.data(), stats_.data() + 1, x_.data(), P_.lnf_w, P_.lnf_b, 1, C);
   const int blocks = (V + kRowsPerBlock - 1) / kRowsPerBlock;
   for_blocks(kSites * cfg_.n_layer, blocks, (long)V * C, [&](int blk) {  // tied LM head
-    matvec_rows(logits_.data(), P_.wte, nullptr, xn_.data(), C, blk * kRowsPerBlock,
-                std::min(V, (blk + 1) * kRowsPerBlock), Epilogue::None, nullptr);
+    be_.matvec_forward(logits_.data(), P_.wte, nullptr, xn_.data(), C, blk * kRowsPerBlock,
+                       std::min(V, (blk + 1) * kRowsPerBlock));
   });
 }
 
@@ -334,12 +236,15 @@ void KVCacheModel::step_in_arena(int32_t token) {
   const size_t T = cfg_.block_size;
   const int pos = len_;
 
-  // Rows [0, OC) of one product, in fixed blocks.
+  // Rows [0, OC) of one product, in fixed blocks, then GELU or + resid on the block.
   auto matvec = [&](int site, float* out, const float* W, const float* b, const float* x, int IC, int OC,
                     Epilogue ep, const float* resid) {
     const int blocks = (OC + kRowsPerBlock - 1) / kRowsPerBlock;
     for_blocks(site, blocks, (long)IC * OC, [&](int blk) {
-      matvec_rows(out, W, b, x, IC, blk * kRowsPerBlock, std::min(OC, (blk + 1) * kRowsPerBlock), ep, resid);
+      const int o0 = blk * kRowsPerBlock, o1 = std::min(OC, o0 + kRowsPerBlock);
+      be_.matvec_forward(out, W, b, x, IC, o0, o1);
+      if (ep == Epilogue::Gelu) gelu_forward(out + o0, out + o0, (size_t)(o1 - o0));
+      if (ep == Epilogue::Residual) residual_forward(out + o0, out + o0, resid + o0, (size_t)(o1 - o0));
     });
   };
 
@@ -391,14 +296,14 @@ void KVCacheModel::step_in_arena(int32_t token) {
 // ---------------------------------------------------------------------------
 // UncachedModel
 
-UncachedModel::UncachedModel(const Config& cfg, const float* params)
-    : cfg_(cfg), P_(param_views(cfg, const_cast<float*>(params))), acts_(cfg, 1) {
+UncachedModel::UncachedModel(const Config& cfg, const float* params, Backend* backend)
+    : cfg_(cfg), P_(param_views(cfg, const_cast<float*>(params))), be_(backend ? *backend : cpu_backend()),
+      acts_(cfg, 1) {
   cfg_.validate();
-  blas_single_threaded();
 }
 
 const float* UncachedModel::forward(const int32_t* tokens, int n) {
-  gpt_forward(cfg_, P_, acts_, tokens, nullptr, 1, n);
+  gpt_forward(be_, cfg_, P_, acts_, tokens, nullptr, 1, n);
   return acts_.probs + (size_t)(n - 1) * cfg_.vocab_size;
 }
 
@@ -426,8 +331,8 @@ std::vector<int32_t> generate(const Config& cfg, const float* params, const std:
   }
   std::unique_ptr<KVCacheModel> kv;
   std::unique_ptr<UncachedModel> full;
-  if (opt.kv_cache) kv = std::make_unique<KVCacheModel>(cfg, params, opt.threads);
-  else full = std::make_unique<UncachedModel>(cfg, params);
+  if (opt.kv_cache) kv = std::make_unique<KVCacheModel>(cfg, params, opt.threads, opt.backend);
+  else full = std::make_unique<UncachedModel>(cfg, params, opt.backend);
 
   std::vector<int32_t> seq = prompt;
   seq.reserve(prompt.size() + opt.max_new_tokens);

@@ -15,7 +15,6 @@
 
 
 #include "chargpt/checkpoint.h"
-#include "chargpt/matmul.h"
 
 namespace chargpt {
 
@@ -24,13 +23,6 @@ using Clock = std::chrono::steady_clock;
 static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::atomic<int> g_interrupts{0};
-
-int default_shard_size(int batch_size, int block_size) {
-  // At least 128 rows per shard (smaller matmuls lose much of sgemm's rate and
-  // every shard re-reads and re-writes a whole gradient buffer) and at most 16 shards.
-  const int min_rows = (128 + block_size - 1) / block_size;
-  return std::min(batch_size, std::max(min_rows, (batch_size + 15) / 16));
-}
 
 std::string optim_state_path(const std::string& weights_path) {
   std::string base = weights_path;
@@ -45,130 +37,6 @@ size_t peak_rss_bytes() {
   return (size_t)ru.ru_maxrss * 1024;
 }
 
-// The shape checks run before the members that divide by it are built.
-static const Config& checked(const Config& cfg, int batch_size) {
-  cfg.validate();
-  if (batch_size < 1) throw std::runtime_error("batch size " + std::to_string(batch_size) + " must be >= 1");
-  return cfg;
-}
-
-Engine::Engine(const Config& cfg_, int batch_size_, int shard_size_, int threads_, uint64_t seed)
-    : cfg(checked(cfg_, batch_size_)),
-      batch_size(batch_size_),
-      shard_size(shard_size_ > 0 ? shard_size_ : default_shard_size(batch_size_, cfg_.block_size)),
-      n_shards((batch_size_ + shard_size - 1) / shard_size),
-      pool(threads_),
-      acts(cfg_, shard_size),
-      data_rng(seed) {
-  blas_single_threaded();
-  const size_t P = num_params(cfg);
-  params.resize(P);
-  m.resize(P);
-  v.resize(P);
-  param_view = param_views(cfg, params.data());
-  shard_grads.resize(n_shards);
-  for (auto& g : shard_grads) {
-    g.resize(P);
-    shard_grad_views.push_back(param_views(cfg, g.data()));
-  }
-  // Chunks never straddle two tensors (each has one decay flag) and their
-  // boundaries depend only on the model shape, never on the thread count.
-  constexpr size_t kChunk = 16384;
-  for (const auto& s : param_specs(cfg))
-    for (size_t b = 0; b < s.numel; b += kChunk)
-      chunks.push_back({s.offset + b, s.offset + std::min(s.numel, b + kChunk), s.decay});
-  chunk_sumsq.resize(chunks.size());
-  shard_loss.resize(n_shards);
-  inputs.resize((size_t)batch_size * cfg.block_size);
-  targets.resize((size_t)batch_size * cfg.block_size);
-}
-
-double Engine::train_step(const std::vector<int32_t>& split, float lr, float grad_clip, const AdamW& opt,
-                          double* grad_norm, StepTiming* timing) {
-  const int T = cfg.block_size;
-  sample_batch(split, batch_size, T, data_rng, inputs.data(), targets.data());
-  const float dloss = 1.f / (float)((size_t)batch_size * T);
-  const auto t1 = Clock::now();
-
-  pool.for_each(n_shards, [&](size_t s) {
-    const int n0 = (int)s * shard_size, n = std::min(shard_size, batch_size - n0);
-    const int32_t* in = inputs.data() + (size_t)n0 * T;
-    const int32_t* tg = targets.data() + (size_t)n0 * T;
-    Activations& a = acts.local();
-    shard_loss[s] = gpt_forward(cfg, param_view, a, in, tg, n, T);
-    gpt_backward(cfg, param_view, shard_grad_views[s], a, in, tg, n, T, dloss, /*accumulate=*/false);
-  });
-  const auto t2 = Clock::now();
-
-  double loss_sum = 0;
-  for (double l : shard_loss) loss_sum += l;  // fixed order
-  const double loss = loss_sum / ((double)batch_size * T);
-
-  // Reduce shard gradients into shard_grads[0], shard order fixed, fused with the norm.
-  float* g0 = shard_grads[0].data();
-  pool.for_each(chunks.size(), [&](size_t c) {
-    const size_t b = chunks[c].begin, n = chunks[c].end - b;
-    float* dst = g0 + b;
-    for (int s = 1; s < n_shards; ++s) {
-      const float* src = shard_grads[s].data() + b;
-      for (size_t i = 0; i < n; ++i) dst[i] += src[i];
-    }
-    chunk_sumsq[c] = sum_of_squares(dst, n);
-  });
-  double sumsq = 0;
-  for (double s : chunk_sumsq) sumsq += s;  // fixed order
-  const double norm = std::sqrt(sumsq);
-  if (grad_norm) *grad_norm = norm;
-  if (!std::isfinite(loss) || !std::isfinite(norm)) {
-    throw std::runtime_error(std::string("non-finite ") + (!std::isfinite(loss) ? "loss" : "gradient norm") +
-                             " at step " + std::to_string(step + 1) + " (loss " + std::to_string(loss) +
-                             ", gradient norm " + std::to_string(norm) + ")");
-  }
-  const float scale = (grad_clip > 0 && norm > grad_clip) ? (float)(grad_clip / norm) : 1.f;
-  ++step;
-  pool.for_each(chunks.size(), [&](size_t c) {
-    const size_t b = chunks[c].begin, n = chunks[c].end - b;
-    adamw_update(params.data() + b, g0 + b, m.data() + b, v.data() + b, n, opt, lr, step, scale, chunks[c].decay);
-  });
-  const auto t3 = Clock::now();
-  if (timing) {
-    timing->fwd_bwd_s = std::chrono::duration<double>(t2 - t1).count();
-    timing->reduce_opt_s = std::chrono::duration<double>(t3 - t2).count();
-  }
-  return loss;
-}
-
-double Engine::estimate_loss(const std::vector<int32_t>& split, int iters, uint64_t seed) {
-  if (iters <= 0) return NAN;
-  const int T = cfg.block_size;
-  Rng rng(seed);
-  // All iters batches at once, so that every (batch, shard) is a task; the
-  // buffers are the engine's, grown on the first call and reused after.
-  const size_t tokens = (size_t)iters * batch_size * T, tasks = (size_t)iters * n_shards;
-  if (eval_inputs.size() < tokens) eval_inputs.resize(tokens), eval_targets.resize(tokens);
-  if (eval_sums.size() < tasks) eval_sums.resize(tasks);
-  for (int i = 0; i < iters; ++i)
-    sample_batch(split, batch_size, T, rng, eval_inputs.data() + (size_t)i * batch_size * T,
-                 eval_targets.data() + (size_t)i * batch_size * T);
-  pool.for_each(tasks, [&](size_t k) {
-    const int it = (int)k / n_shards, s = (int)k % n_shards;
-    const int n0 = s * shard_size, n = std::min(shard_size, batch_size - n0);
-    const size_t off = ((size_t)it * batch_size + n0) * T;
-    eval_sums[k] =
-        gpt_forward(cfg, param_view, acts.local(), eval_inputs.data() + off, eval_targets.data() + off, n, T);
-  });
-  double total = 0;
-  for (size_t k = 0; k < tasks; ++k) total += eval_sums[k];
-  return total / ((double)iters * batch_size * T);
-}
-
-size_t Engine::bytes_allocated() const {
-  size_t b = (params.size() + m.size() + v.size()) * sizeof(float);
-  for (const auto& g : shard_grads) b += g.size() * sizeof(float);
-  for (const auto& a : acts) b += a.bytes();
-  return b;
-}
-
 // ---------------------------------------------------------------------------
 // The training loop.
 
@@ -181,8 +49,8 @@ struct Saver {
   int last_saved_step = -1;
 
   void save(const Engine& e) {
-    if (e.step == last_saved_step) return;  // e.g. a save-interval step that is also the last one
-    Metadata meta{{"step", std::to_string(e.step)}};
+    if (e.step() == last_saved_step) return;  // e.g. a save-interval step that is also the last one
+    Metadata meta{{"step", std::to_string(e.step())}};
     // Optimizer state first, weights last: the weights file names the step the
     // state belongs to, and resume checks that the two agree.
     Metadata ometa = meta;
@@ -190,15 +58,15 @@ struct Saver {
     ometa["version"] = kFormatVersion;
     ometa["config"] = config_to_json(cfg);
     char rng_state[4 * 17];  // read back by load_resume_state's sscanf
-    std::snprintf(rng_state, sizeof rng_state, "%016llx %016llx %016llx %016llx", (unsigned long long)e.data_rng.s[0],
-                  (unsigned long long)e.data_rng.s[1], (unsigned long long)e.data_rng.s[2],
-                  (unsigned long long)e.data_rng.s[3]);
+    std::snprintf(rng_state, sizeof rng_state, "%016llx %016llx %016llx %016llx", (unsigned long long)e.data_rng().s[0],
+                  (unsigned long long)e.data_rng().s[1], (unsigned long long)e.data_rng().s[2],
+                  (unsigned long long)e.data_rng().s[3]);
     ometa["data_rng"] = rng_state;
-    const int64_t P = (int64_t)e.params.size();
+    const int64_t P = (int64_t)e.num_params();
     write_safetensors(optim_state_path(opt.out_path),
-                      {{"adamw.m", {P}, e.m.data()}, {"adamw.v", {P}, e.v.data()}}, ometa);
-    save_model(opt.out_path, cfg, tok, e.params.data(), meta);
-    last_saved_step = e.step;
+                      {{"adamw.m", {P}, e.adam_m()}, {"adamw.v", {P}, e.adam_v()}}, ometa);
+    save_model(opt.out_path, cfg, tok, e.params(), meta);
+    last_saved_step = e.step();
   }
 };
 
@@ -215,15 +83,15 @@ void load_resume_state(const TrainOptions& opt, const Model& model, const Metada
                              "' are from different steps (a save was interrupted?)");
   if (f.meta["config"] != config_to_json(model.cfg))
     throw std::runtime_error("cannot resume: '" + opath + "' belongs to a different model config");
-  const int64_t P = (int64_t)e.params.size();
-  std::memcpy(e.params.data(), model.params.data(), P * sizeof(float));
-  f.read_tensor("adamw.m", {P}, e.m.data());
-  f.read_tensor("adamw.v", {P}, e.v.data());
-  e.step = std::stoi(f.meta["step"]);
+  const int64_t P = (int64_t)e.num_params();
+  std::memcpy(e.params(), model.params.data(), P * sizeof(float));
+  f.read_tensor("adamw.m", {P}, e.adam_m());
+  f.read_tensor("adamw.v", {P}, e.adam_v());
+  e.set_step(std::stoi(f.meta["step"]));
   unsigned long long w[4];
   if (std::sscanf(f.meta["data_rng"].c_str(), "%llx %llx %llx %llx", &w[0], &w[1], &w[2], &w[3]) != 4)
     throw std::runtime_error("'" + opath + "': data_rng metadata is malformed");
-  for (int i = 0; i < 4; ++i) e.data_rng.s[i] = w[i];
+  for (int i = 0; i < 4; ++i) e.data_rng().s[i] = w[i];
 }
 
 std::string human_duration(double s) {
@@ -281,9 +149,10 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
                              std::to_string(ds.val.size()) + " tokens, block_size+1 = " +
                              std::to_string(cfg.block_size + 1) + " needed");
 
-  Engine e(cfg, o.batch_size, o.shard_size, o.threads, o.seed);
+  Engine e(cfg, o.batch_size, o.shard_size, o.threads, o.seed, o.backend);
   if (o.resume) load_resume_state(o, resumed, wmeta, e);
-  else init_params(cfg, e.params.data(), o.seed);
+  else init_params(cfg, e.params(), o.seed);
+  e.weights_loaded();
   resumed.params = FloatBuffer();
 
   const int decay_steps = o.lr_decay_steps > 0 ? o.lr_decay_steps : o.steps;
@@ -299,11 +168,11 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     char line[256];
     std::snprintf(line, sizeof line,
                   "chargpt train: %zu parameters (L=%d H=%d C=%d T=%d V=%d), batch %d = %d shards of %d, %d threads%s\n",
-                  e.params.size(), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size,
-                  o.batch_size, e.n_shards, e.shard_size, e.pool.threads, o.resume ? ", resumed" : "");
+                  e.num_params(), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size,
+                  o.batch_size, e.n_shards(), e.shard_size(), e.threads(), o.resume ? ", resumed" : "");
     out << line;
     std::snprintf(line, sizeof line, "data: %s (%zu train / %zu val tokens); steps %d -> %d\n", o.data_path.c_str(),
-                  ds.train.size(), ds.val.size(), e.step, o.steps);
+                  ds.train.size(), ds.val.size(), e.step(), o.steps);
     out << line << std::flush;
   }
 
@@ -324,13 +193,13 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     }
   };
 
-  const int start_step = e.step;
+  const int start_step = e.step();
   auto t_window = Clock::now();
   int window_steps = 0;
   double tok_per_s = 0, ema_step_s = 0;
   const auto t_loop = Clock::now();
-  while (e.step < o.steps) {
-    const int it = e.step;
+  while (e.step() < o.steps) {
+    const int it = e.step();
     // (a resumed run was evaluated at its start step before it was saved)
     if (o.eval_interval > 0 && it % o.eval_interval == 0 && (it != start_step || start_step == 0))
       evaluate(it);
@@ -349,44 +218,44 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     const double step_s = seconds_since(t_step);
     ema_step_s = ema_step_s == 0 ? step_s : 0.9 * ema_step_s + 0.1 * step_s;
     ++window_steps;
-    const bool log_now = e.step % o.log_interval == 0 || e.step == o.steps;
+    const bool log_now = e.step() % o.log_interval == 0 || e.step() == o.steps;
     if (log_now) {
       tok_per_s = window_steps * (double)tokens_per_step / seconds_since(t_window);
       t_window = Clock::now();
       window_steps = 0;
       if (log.is_open())
-        log << json{{"type", "step"}, {"step", e.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+        log << json{{"type", "step"}, {"step", e.step()}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
                     {"tok_per_s", tok_per_s}, {"ms_per_step", 1000 * step_s}}.dump()
             << "\n";
     }
     if (!o.quiet && (tty || log_now)) {
-      const double eta = ema_step_s * (o.steps - e.step);
+      const double eta = ema_step_s * (o.steps - e.step());
       char line[256];
       char val[32] = "";  // rounded like the evaluation lines (it used to truncate: 3.7554 beside 3.7555)
       if (!std::isnan(val_loss)) std::snprintf(val, sizeof val, ", val %.4f", val_loss);
       std::snprintf(line, sizeof line, "%sstep %d/%d  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %s%s",
-                    tty ? "\r\033[K" : "", e.step, o.steps, loss, val, lr,
+                    tty ? "\r\033[K" : "", e.step(), o.steps, loss, val, lr,
                     tok_per_s > 0 ? tok_per_s : tokens_per_step / step_s, human_duration(eta).c_str(),
                     tty ? "" : "\n");
       out << line << std::flush;
     }
-    if (o.save_interval > 0 && e.step % o.save_interval == 0) saver.save(e);
+    if (o.save_interval > 0 && e.step() % o.save_interval == 0) saver.save(e);
     if (g_interrupts.load() > 0) {
       saver.save(e);
       res.interrupted = true;
       if (!o.quiet)
-        out << (tty ? "\n" : "") << "interrupted: saved step " << e.step << " to " << o.out_path << "\n";
+        out << (tty ? "\n" : "") << "interrupted: saved step " << e.step() << " to " << o.out_path << "\n";
       break;
     }
   }
   if (tty) out << "\n";
   const double loop_s = seconds_since(t_loop);
-  res.steps = e.step;
-  res.steps_this_run = e.step - start_step;
+  res.steps = e.step();
+  res.steps_this_run = e.step() - start_step;
   res.tok_per_s = res.steps_this_run > 0 ? res.steps_this_run * (double)tokens_per_step / loop_s : 0;
   if (!res.interrupted) {  // an interrupted run has saved already and skips the final evaluation
     saver.save(e);
-    evaluate(e.step);
+    evaluate(e.step());
     res.train_loss = train_loss;
     res.val_loss = val_loss;
   }

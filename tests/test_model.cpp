@@ -56,8 +56,8 @@ struct TinyBatch {
   void gradient(FloatBuffer& grad, bool accumulate = true) {
     if (accumulate) grad.zero();
     const ParamViews pv = param_views(cfg, p.data());
-    gpt_forward(cfg, pv, acts, in.data(), tg.data(), N, t);
-    gpt_backward(cfg, pv, param_views(cfg, grad.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t),
+    gpt_forward(cpu_backend(), cfg, pv, acts, in.data(), tg.data(), N, t);
+    gpt_backward(cpu_backend(), cfg, pv, param_views(cfg, grad.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t),
                  accumulate);
   }
 };
@@ -121,7 +121,7 @@ TEST_CASE("model: fast float forward equals the double reference") {
   random_tokens(in, cfg.vocab_size, 1);
   random_tokens(tg, cfg.vocab_size, 2);
   Activations acts(cfg, N);
-  const double fast = gpt_forward(cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
+  const double fast = gpt_forward(cpu_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
   std::vector<double> pd(p.data(), p.data() + p.size());
   const double ref = test::ref_gpt_loss(cfg, pd, in.data(), tg.data(), N, t);
   CAPTURE(fast);
@@ -129,7 +129,7 @@ TEST_CASE("model: fast float forward equals the double reference") {
   CHECK(std::abs(fast - ref) < 1e-5 * std::max(1.0, std::abs(ref)));  // float vs double rounding
   // Shorter sequences (evaluation's last window) use the same weights, positions 0..t-1.
   const int t2 = 4;
-  const double fast2 = gpt_forward(cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), 2, t2) / (2 * t2);
+  const double fast2 = gpt_forward(cpu_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), 2, t2) / (2 * t2);
   const double ref2 = test::ref_gpt_loss(cfg, pd, in.data(), tg.data(), 2, t2);
   CHECK(std::abs(fast2 - ref2) < 1e-5 * std::max(1.0, std::abs(ref2)));
 }
@@ -203,7 +203,7 @@ TEST_CASE("model: loss at initialisation is within 0.1 of ln(vocab)") {
   random_tokens(in, cfg.vocab_size, 5);
   random_tokens(tg, cfg.vocab_size, 6);
   Activations acts(cfg, N);
-  const double loss = gpt_forward(cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
+  const double loss = gpt_forward(cpu_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
   CAPTURE(loss);
   CHECK(std::abs(loss - std::log(65.0)) < 0.1);
 }
@@ -219,7 +219,8 @@ TEST_CASE("model: a tiny batch is overfit to loss < 0.1") {
   std::vector<int32_t> split(cfg.block_size + 2);
   random_tokens(split, cfg.vocab_size, 9);
   Engine e(cfg, 4, 1, 2, 1337);
-  init_params(cfg, e.params.data(), 1337);
+  init_params(cfg, e.params(), 1337);
+  e.weights_loaded();
   AdamW opt;
   opt.weight_decay = 0;
   double loss = 0;

@@ -86,7 +86,7 @@ TEST_CASE("sample: cached step logits equal gpt_forward at every position of a w
   auto toks = random_tokens(T, V, 2);
   Activations acts(cfg, 1);
   ParamViews P = param_views(cfg, params.data());
-  gpt_forward(cfg, P, acts, toks.data(), nullptr, 1, T);  // logits of every position in acts.probs
+  gpt_forward(cpu_backend(), cfg, P, acts, toks.data(), nullptr, 1, T);  // logits of every position in acts.probs
   for (int threads : {1, 2}) {
     KVCacheModel kv(cfg, params.data(), threads);
     float worst = 0;

@@ -155,7 +155,7 @@ TEST_CASE("eval: exact split loss counts every target once, for any thread count
   size_t count = 0;
   for (size_t s = 0; s + 1 < d.val.size(); s += T) {
     const int t = (int)std::min<size_t>(T, d.val.size() - 1 - s);
-    sum += gpt_forward(m.cfg, pv, acts, &d.val[s], &d.val[s + 1], 1, t);
+    sum += gpt_forward(cpu_backend(), m.cfg, pv, acts, &d.val[s], &d.val[s + 1], 1, t);
     count += t;
   }
   CHECK(count == a.tokens);

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "chargpt/backend.h"
 #include "chargpt/buffer.h"
 
 namespace chargpt {
@@ -88,16 +89,18 @@ struct Activations {
   size_t bytes() const { return mem.size() * sizeof(float); }
 };
 
+// The linear layers' products go through `be` (bound to the block `params`
+// points into, when the backend keeps its own copy of the weights).
 // Forward over N sequences of t <= block_size tokens. With targets, returns the
 // SUM of the N*t token losses (per-token losses in acts.losses); without, 0 and
 // acts.probs holds the logits. Inputs/targets are [N,t].
-double gpt_forward(const Config& cfg, const ParamViews& params, Activations& acts, const int32_t* inputs,
+double gpt_forward(Backend& be, const Config& cfg, const ParamViews& params, Activations& acts, const int32_t* inputs,
                    const int32_t* targets, int N, int t);
 
 // Backward of the last gpt_forward (with targets). dloss = d objective / d token loss
 // (1/(B*T) for the batch mean). Parameter gradients are accumulated into grads (+=);
 // with accumulate = false they are written (=), so grads need no zeroing first.
-void gpt_backward(const Config& cfg, const ParamViews& params, const ParamViews& grads, Activations& acts,
+void gpt_backward(Backend& be, const Config& cfg, const ParamViews& params, const ParamViews& grads, Activations& acts,
                   const int32_t* inputs, const int32_t* targets, int N, int t, float dloss, bool accumulate = true);
 
 // Model FLOPs per trained token (forward + backward, matmuls and attention,

@@ -20,6 +20,8 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int R, int C);
 
+// The fp32 products, implemented on OpenBLAS in backend_openblas.cpp; the model
+// reaches them through a Backend (backend.h), tests call them directly.
 // out[R,OC] = inp[R,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be null)
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC, int OC);
 // dinp[R,IC] = dout · weight (skipped if null); dweight[OC,IC] += doutᵀ · inp; dbias[OC] += Σ_r dout (if non-null).
@@ -58,5 +60,14 @@ void softmax_crossentropy_forward(float* losses, float* probs, const float* logi
 // dlogits may alias probs.
 void softmax_crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets, float dloss, int R,
                                    int V);
+
+// Rows [o0, o1) of out[OC] = W[OC,IC] · x[IC] + b[OC] (b may be null). Each row's
+// arithmetic is fixed (16 lanes, fixed reduction tree) whatever the range.
+void matvec_rows(float* out, const float* W, const float* b, const float* x, int IC, int o0, int o1);
+
+// p[0..n) = 0 (the gradients that backward accumulates into, when it writes them).
+void fill_zero(float* p, size_t n);
+// Sum of n per-token losses in index order, in double.
+double loss_sum(const float* losses, size_t n);
 
 }  // namespace chargpt

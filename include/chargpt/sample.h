@@ -17,8 +17,8 @@
 // crop exactly (a prefill every token past T). The uncached path
 // (--no-kv-cache) runs gpt_forward over the very same windows, so both paths
 // compute the same function; they differ only by float rounding (the cached
-// step uses its own matrix-vector products and the cache's prefill splits its
-// sgemm calls into blocks, where gpt_forward makes one call per product). The
+// step uses the backend's matrix-vector products; the prefill is gpt_forward
+// itself, with N = 1). The
 // tests hold cached logits to within 1e-4 of gpt_forward's (observed: ~6e-6 on
 // the baby model, logits up to ~14).
 // A prompt longer than T starts with the window of its last T tokens.
@@ -29,6 +29,7 @@
 
 #include <tbb/partitioner.h>
 
+#include "chargpt/backend.h"
 #include "chargpt/buffer.h"
 #include "chargpt/model.h"
 #include "chargpt/rng.h"
@@ -90,23 +91,24 @@ struct ContextWindow {
 // ---------------------------------------------------------------------------
 // The KV-cached forward: per layer, the keys and values of every position of
 // the current window. Each step costs one position's forward plus attention
-// over the cached positions. Steps and prefills run in a tbb::task_arena of
-// `threads` threads, parallel over fixed blocks of output features (32 rows of a
-// weight matrix) and over heads; the blocks depend only on the model's shape,
-// each output value is computed by one task in a fixed order and nothing is
-// reduced across tasks, so logits are bit-identical for every thread count.
+// over the cached positions. Steps run in a tbb::task_arena of `threads`
+// threads, parallel over fixed blocks of output features (32 rows of a weight
+// matrix) and over heads; the blocks depend only on the model's shape, each
+// output value is computed by one task in a fixed order and nothing is reduced
+// across tasks, so logits are bit-identical for every thread count. A prefill
+// is gpt_forward on the calling thread.
 class KVCacheModel {
  public:
   // params: num_params(cfg) floats, not copied; must outlive this object. threads 0 = all.
-  KVCacheModel(const Config& cfg, const float* params, int threads = 1);
+  // backend: null = the OpenBLAS fp32 one; otherwise bound to params by the caller.
+  KVCacheModel(const Config& cfg, const float* params, int threads = 1, Backend* backend = nullptr);
   KVCacheModel(const KVCacheModel&) = delete;
   KVCacheModel& operator=(const KVCacheModel&) = delete;
 
   // Drops the cache and runs the window tokens[0..n) (1 <= n <= block_size) at
   // positions 0..n-1, filling the cache. Returns the logits of the last
   // position [V] (valid until the next call). n == 1 is a step from empty; a
-  // longer window runs gpt_forward's batched math (sgemm per fixed block of
-  // output columns, in parallel like the step) and keeps its k/v.
+  // longer window runs gpt_forward (N = 1, on the calling thread) and keeps its k/v.
   const float* prefill(const int32_t* tokens, int n);
   // Runs one more position (length() < block_size required), appending its k/v.
   const float* step(int32_t token);
@@ -116,31 +118,33 @@ class KVCacheModel {
 
  private:
   void step_in_arena(int32_t token);
-  void prefill_in_arena(const int32_t* tokens, int n);
+  void prefill_window(const int32_t* tokens, int n);
   void head_logits();
   template <class F>
   void for_blocks(int site, int blocks, long macs, const F& f);
-  static constexpr int kSites = 5;  // parallel loops per layer (a step and a prefill share them)
+  static constexpr int kSites = 5;  // parallel loops per layer
   Config cfg_;
   ParamViews P_;
+  Backend& be_;
   ThreadPool pool_;
   int len_ = 0;
   FloatBuffer k_, v_;  // [L, T, C] each
   FloatBuffer x_, xn_, q_, y_, res_, h_, att_, logits_, stats_;  // one position's scratch
-  FloatBuffer pre_;  // a whole window's activations, allocated on the first prefill of n > 1
+  std::unique_ptr<Activations> pre_;  // a whole window's activations, allocated on the first prefill of n > 1
   std::unique_ptr<tbb::affinity_partitioner[]> affinity_;  // kSites per layer + the LM head
 };
 
 // The baseline: gpt_forward over the whole window for every token.
 class UncachedModel {
  public:
-  UncachedModel(const Config& cfg, const float* params);
+  UncachedModel(const Config& cfg, const float* params, Backend* backend = nullptr);
   // Logits [V] of the last position of tokens[0..n), 1 <= n <= block_size.
   const float* forward(const int32_t* tokens, int n);
 
  private:
   Config cfg_;
   ParamViews P_;
+  Backend& be_;
   Activations acts_;
 };
 
@@ -150,6 +154,7 @@ struct GenerateOptions {
   bool kv_cache = true;
   int threads = 0;  // 0 = all hardware threads (the uncached path runs gpt_forward on one)
   int keep = 0;     // ContextWindow::keep; 0 = block_size/2
+  Backend* backend = nullptr;  // null = OpenBLAS fp32; otherwise already bound to params
 };
 
 struct GenerateStats {

@@ -1,10 +1,6 @@
 #pragma once
-// The training engine: a batch is split into shards (whole sequences) that run
-// forward+backward as oneTBB tasks, each into its own gradient buffer; the
-// buffers are reduced in parallel over parameter chunks, in a fixed order, fused
-// with the global-norm sum; then AdamW runs in parallel over the same chunks.
-// Nothing in a step depends on the thread count, so weights are bit-identical
-// for every --threads value.
+// The training loop around the Engine (engine.h): options, evaluation at
+// intervals, checkpoints, progress, the log, and the end-of-run summary.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -12,15 +8,11 @@
 #include <string>
 #include <vector>
 
-#include <tbb/enumerable_thread_specific.h>
-#include <tbb/task_arena.h>
-
-#include "chargpt/buffer.h"
-#include "chargpt/data.h"
+#include "chargpt/backend.h"
+#include "chargpt/engine.h"
+#include "chargpt/evaluate.h"
 #include "chargpt/model.h"
 #include "chargpt/optim.h"
-#include "chargpt/rng.h"
-#include "chargpt/threads.h"
 
 namespace chargpt {
 
@@ -44,66 +36,13 @@ struct TrainOptions {
   int log_interval = 10;
   uint64_t seed = 1337;
   int threads = 0;  // 0 = all hardware threads
+  BackendOptions backend;  // where the matrix products run (default: OpenBLAS fp32)
   bool resume = false;
   bool quiet = false;  // no progress output (tests, bench)
 };
 
-// Shard size used when --shard-size is not given: at least 128 token rows per
-// shard and at most 16 shards (so up to 16 cores find work). It depends only on
-// the batch shape, never on the thread count.
-int default_shard_size(int batch_size, int block_size);
-
 // The optimizer-state file that sits beside a weights file.
 std::string optim_state_path(const std::string& weights_path);
-
-struct StepTiming {
-  double fwd_bwd_s = 0, reduce_opt_s = 0;
-};
-
-struct Engine {
-  Config cfg;
-  int batch_size, shard_size, n_shards;
-  ThreadPool pool;
-  FloatBuffer params, m, v;
-  ParamViews param_view;
-  std::vector<FloatBuffer> shard_grads;  // one per shard; [0] holds the reduced gradient after a step
-  std::vector<ParamViews> shard_grad_views;
-  struct Chunk {
-    size_t begin, end;
-    bool decay;
-  };
-  std::vector<Chunk> chunks;          // fixed partition of the parameter block
-  std::vector<double> chunk_sumsq;    // per-chunk partial of the squared gradient norm
-  std::vector<double> shard_loss;     // per-shard loss sums
-  std::vector<int32_t> inputs, targets;  // [B,T]
-  std::vector<int32_t> eval_inputs, eval_targets;  // [iters,B,T] of estimate_loss
-  std::vector<double> eval_sums;                   // estimate_loss's per-task loss sums
-  tbb::enumerable_thread_specific<Activations> acts;
-  int step = 0;  // completed optimizer steps
-  Rng data_rng;
-
-  Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed);
-
-  // One optimizer step on a freshly sampled training batch. Returns the batch
-  // mean loss; grad_norm receives the pre-clip global norm.
-  double train_step(const std::vector<int32_t>& train_split, float lr, float grad_clip, const AdamW& opt,
-                    double* grad_norm = nullptr, StepTiming* timing = nullptr);
-
-  // Mean loss over `iters` random batches of the split (seeded by `seed`, so
-  // evaluation never disturbs the training sampler).
-  double estimate_loss(const std::vector<int32_t>& split, int iters, uint64_t seed);
-
-  size_t bytes_allocated() const;
-};
-
-// Exact mean loss over a whole split: windows of block_size starting at 0, T,
-// 2T, … (the last one shorter), each target counted once. Deterministic.
-struct EvalResult {
-  double loss;
-  size_t tokens;
-};
-EvalResult evaluate_split(const Config& cfg, const float* params, const std::vector<int32_t>& split, int threads,
-                          int windows_per_task = 8);
 
 struct TrainResult {
   int steps = 0;          // total optimizer steps completed
