@@ -718,3 +718,54 @@ TEST_CASE("op: tolerances catch a wrong index") {
     CHECK(w.idx == 3);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The KV-cache step's matrix-vector rows, and the two bookkeeping ops of a step.
+
+TEST_CASE("op: matvec_rows matches reference, and any split of the rows gives the same bits") {
+  for (const MmShape& s : kMmShapes) {
+    CAPTURE(s.IC);
+    CAPTURE(s.OC);
+    Rng rng(901);
+    const VF x = randn(rng, s.IC), w = randn(rng, (size_t)s.OC * s.IC, 0.3), b = randn(rng, s.OC, 2.0);
+    for (bool with_bias : {true, false}) {
+      CAPTURE(with_bias);
+      VF whole = nans(s.OC);
+      matvec_rows(whole.data(), w.data(), with_bias ? b.data() : nullptr, x.data(), s.IC, 0, s.OC);
+      VD ref(s.OC);
+      const VD db = to_d(b);
+      ref::matmul_forward(ref.data(), to_d(x).data(), to_d(w).data(), with_bias ? db.data() : nullptr, 1, s.IC, s.OC);
+      CHECK_CLOSE("matvec out", whole, ref, kTolFloat);
+      // Rows in blocks of 3 and 32 (tails of 1..3 rows included): bit-identical.
+      for (int blk : {3, 32}) {
+        VF split = nans(s.OC);
+        for (int o0 = 0; o0 < s.OC; o0 += blk)
+          matvec_rows(split.data(), w.data(), with_bias ? b.data() : nullptr, x.data(), s.IC, o0,
+                      std::min(s.OC, o0 + blk));
+        CHECK(std::memcmp(split.data(), whole.data(), whole.size() * sizeof(float)) == 0);
+      }
+    }
+  }
+  // A wrong index is caught: row 5 computed from row 6's weights.
+  const int IC = 20, OC = 9;
+  Rng rng(902);
+  const VF x = randn(rng, IC), w = randn(rng, (size_t)OC * IC, 0.3);
+  VF out(OC);
+  matvec_rows(out.data(), w.data(), nullptr, x.data(), IC, 0, OC);
+  VD wd = to_d(w);
+  for (int i = 0; i < IC; ++i) wd[5 * IC + i] = w[6 * IC + i];
+  VD ref(OC);
+  ref::matmul_forward(ref.data(), to_d(x).data(), wd.data(), (const double*)nullptr, 1, IC, OC);
+  CHECK(compare(out, ref).err > 100 * kTolFloat);
+}
+
+TEST_CASE("op: fill_zero and loss_sum") {
+  VF a = nans(37);
+  fill_zero(a.data() + 1, 35);
+  CHECK(std::isnan(a[0]));
+  CHECK(std::isnan(a[36]));
+  for (int i = 1; i < 36; ++i) CHECK(a[i] == 0.f);
+  const VF l = {1.5f, 2.25f, 1e-8f, 3.f};
+  CHECK(loss_sum(l.data(), l.size()) == ((1.5 + 2.25) + (double)1e-8f) + 3.0);
+  CHECK(loss_sum(l.data(), 0) == 0.0);
+}
