@@ -23,8 +23,6 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::atomic<int> g_interrupts{0};
-
 int default_shard_size(int batch_size, int block_size) {
   // At least 128 rows per shard (smaller matmuls lose much of sgemm's rate and
   // every shard re-reads and re-writes a whole gradient buffer) and at most 16 shards.
@@ -234,26 +232,11 @@ std::string human_duration(double s) {
   return buf;
 }
 
+// The library's own guard: the same table the command line checks (as usage errors) first.
 void check_options(const TrainOptions& o) {
-  auto need = [](bool ok, const std::string& msg) {
-    if (!ok) throw std::runtime_error(msg);
-  };
-  need(o.batch_size >= 1, "--batch-size must be >= 1, got " + std::to_string(o.batch_size));
-  need(o.shard_size >= 0, "--shard-size must be >= 0, got " + std::to_string(o.shard_size));
-  need(o.steps >= 0, "--steps must be >= 0, got " + std::to_string(o.steps));
-  need(o.lr_decay_steps >= 0, "--lr-decay-steps must be >= 0, got " + std::to_string(o.lr_decay_steps));
-  need(o.warmup >= 0, "--warmup must be >= 0, got " + std::to_string(o.warmup));
-  need(o.lr > 0 && std::isfinite(o.lr), "--lr must be a positive number, got " + std::to_string(o.lr));
-  need(o.min_lr >= 0 && std::isfinite(o.min_lr), "--min-lr must be >= 0, got " + std::to_string(o.min_lr));
-  need(o.grad_clip >= 0, "--grad-clip must be >= 0 (0 = off), got " + std::to_string(o.grad_clip));
-  need(o.adamw.weight_decay >= 0, "--weight-decay must be >= 0, got " + std::to_string(o.adamw.weight_decay));
-  need(o.adamw.beta1 >= 0 && o.adamw.beta1 < 1, "--beta1 must be in [0, 1)");
-  need(o.adamw.beta2 >= 0 && o.adamw.beta2 < 1, "--beta2 must be in [0, 1)");
-  need(o.eval_interval >= 0, "--eval-interval must be >= 0, got " + std::to_string(o.eval_interval));
-  need(o.eval_iters >= 1, "--eval-iters must be >= 1, got " + std::to_string(o.eval_iters));
-  need(o.save_interval >= 0, "--save-interval must be >= 0, got " + std::to_string(o.save_interval));
-  need(o.log_interval >= 1, "--log-interval must be >= 1, got " + std::to_string(o.log_interval));
-  need(o.threads >= 0, "--threads must be >= 0 (0 = all), got " + std::to_string(o.threads));
+  for_each_shape_option(o, OptionChecker{});
+  for_each_shard_option(o, OptionChecker{});
+  for_each_train_option(o, OptionChecker{});
 }
 
 }  // namespace
@@ -371,7 +354,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
       out << line << std::flush;
     }
     if (o.save_interval > 0 && e.step % o.save_interval == 0) saver.save(e);
-    if (g_interrupts.load() > 0) {
+    if (o.should_stop && o.should_stop()) {
       saver.save(e);
       res.interrupted = true;
       if (!o.quiet)

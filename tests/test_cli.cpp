@@ -1,0 +1,182 @@
+// The command line through the built binary: option tables (usage errors exit 2
+// and name the flag, a flag missing its value, --help), presets, thread lists,
+// the bench's report.
+#include <doctest/doctest.h>
+
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "chargpt/rng.h"
+#include "util.h"
+
+using chargpt::test::run_cli;
+using chargpt::test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// --help wraps its lines: one space for every run of white space.
+std::string squeeze(const std::string& s) {
+  std::string out;
+  for (char c : s)
+    if (!std::isspace((unsigned char)c)) out += c;
+    else if (out.empty() || out.back() != ' ') out += ' ';
+  return out;
+}
+
+// ~20k characters of word salad: enough for windows of 256.
+std::string write_corpus(const TempDir& dir) {
+  const std::string path = dir / "corpus.txt";
+  std::ofstream f(path);
+  const char* words[] = {"to ", "be ", "or ", "not ", "the ", "king ", "shall ", "love ", "thee\n", "and "};
+  chargpt::Rng rng(3);
+  for (size_t n = 0; n < 20000;) {
+    const char* w = words[rng.below(10)];
+    f << w;
+    n += std::string(w).size();
+  }
+  return path;
+}
+
+// A tiny model's flags: runs take well under a second.
+const std::string kTiny = " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --eval-interval 0"
+                          " --eval-iters 1 ";
+
+}  // namespace
+
+TEST_CASE("cli: usage errors exit 2 and name the flag") {
+  struct Case {
+    const char* args;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"train --steps -1", "--steps must be >= 0, got -1"},
+      {"train --lr 0", "--lr must be > 0, got 0"},
+      {"train --eval-iters 0", "--eval-iters must be >= 1, got 0"},
+      {"train --threads -1", "--threads must be in [0, 4096], got -1"},
+      {"train --beta2 1", "--beta2 must be in [0, 1), got 1"},
+      {"train --lr nan", "--lr must be > 0, got nan"},
+      {"train --steps banana", "--steps 'banana' is not an integer"},
+      {"train --steps 1.5", "--steps '1.5' is not an integer"},
+      {"train --steps 99999999999", "--steps '99999999999' is out of range"},
+      {"train --seed -1", "--seed '-1' is not a non-negative integer"},
+      {"train --lr 1x", "--lr '1x' is not a number"},
+      {"train --block-size 5000", "--block-size must be in [1, 4096], got 5000"},
+      {"train --n-embd 100 --n-head 3", "--n-embd 100 must be divisible by --n-head 3"},
+      {"train --preset huge", "--preset 'huge' is not one of: baby, nanogpt"},
+      {"train --resume --force", "--resume and --force cannot be used together"},
+      {"train stray", "unexpected argument 'stray'"},
+      {"train --frobnicate 1", "frobnicate"},
+      {"eval --threads -2", "--threads must be in [0, 4096], got -2"},
+      {"eval --split test", "--split 'test' must be val or train"},
+      {"sample --tokens -1", "--tokens must be >= 0, got -1"},
+      {"sample --top-p 0", "--top-p must be in (0, 1], got 0"},
+      {"sample --temperature -0.5", "--temperature must be >= 0, got -0.5"},
+      {"sample --prompt a --prompt-file b", "--prompt and --prompt-file cannot be used together"},
+      {"bench --rounds 0", "--rounds must be >= 1, got 0"},
+      {"bench --lr -1", "--lr must be > 0, got -1"},
+      {"bench --threads 0", "thread counts must be between 1 and 4096, got 0"},
+      {"bench --threads 1,,2", "--threads '1,,2': expected 'all' or a comma list"},
+      {"bench --threads 1.5", "--threads '1.5': expected 'all' or a comma list"},
+      {"bench --threads ' 1'", "--threads ' 1': expected 'all' or a comma list"},
+      {"bench --threads 2,", "--threads '2,': expected 'all' or a comma list"},
+      {"bench --threads 1,99999", "got 99999"},
+  };
+  for (const Case& c : cases) {
+    const auto r = run_cli(c.args);
+    CAPTURE(c.args);
+    CAPTURE(r.output);
+    CHECK(r.status == 2);
+    CHECK(contains(r.output, c.message));
+    CHECK(contains(r.output, "--help"));  // every usage error points at the help
+  }
+}
+
+TEST_CASE("cli: a flag missing its value does not take the next flag as its value") {
+  TempDir dir("cli_flagvalue");
+  // Run inside the temporary directory, so that a wrongly created './--resume' would show there.
+  auto r = run_cli("help >/dev/null; cd " + dir.str() + " && " CHARGPT_BINARY " train --out --resume 2>&1; echo status $?; ls -A");
+  CHECK(contains(r.output, "status 2"));
+  CHECK(contains(r.output, "--out is missing its value (it would take '--resume', one of this command's flags)"));
+  CHECK(fs::is_empty(dir.path));
+  r = run_cli("sample --prompt --json");
+  CHECK(r.status == 2);
+  CHECK(contains(r.output, "--prompt is missing its value (it would take '--json'"));
+  r = run_cli("sample --prompt -h");
+  CHECK(r.status == 2);
+  r = run_cli("train --log --steps=3");
+  CHECK(r.status == 2);
+  CHECK(contains(r.output, "--log is missing its value (it would take '--steps=3'"));
+  // A value that merely starts with '-' is still a value.
+  r = run_cli("sample --checkpoint /nonexistent/c.safetensors --prompt --hello");
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "/nonexistent/c.safetensors"));
+}
+
+TEST_CASE("cli: --help lists every option with its default") {
+  auto r = run_cli("train --help");
+  CHECK(r.status == 0);
+  r.output = squeeze(r.output);
+  for (const char* s : {"--steps arg total optimizer steps (default: 2000)", "(default: 0.001)",
+                        "(default: data/tinyshakespeare.txt)", "(default: checkpoints/shakespeare.safetensors)",
+                        "baby (4 layers, 4 heads, 128 wide, block 64, batch 12",
+                        "nanogpt (6 layers, 6 heads, 384 wide, block 256, batch 64", "--force", "SIGTERM",
+                        "--n-layer arg transformer blocks (default: from the preset)", "(default: 1337)"})
+    CHECK_MESSAGE(contains(r.output, s), std::string(s));
+  r = run_cli("sample --help");
+  CHECK(r.status == 0);
+  r.output = squeeze(r.output);
+  for (const char* s : {"(default: 500)", "(default: 0.8)", "--no-kv-cache", "--keep", "(default: 1337)"})
+    CHECK_MESSAGE(contains(r.output, s), std::string(s));
+  r = run_cli("eval --help");
+  CHECK(r.status == 0);
+  CHECK(contains(r.output, "(default: val)"));
+  r = run_cli("bench --help");
+  CHECK(r.status == 0);
+  r.output = squeeze(r.output);
+  for (const char* s : {"(default: all)", "(default: 20)", "--sgemm-size", "--csv", "(default: from the preset)"})
+    CHECK_MESSAGE(contains(r.output, s), std::string(s));
+}
+
+TEST_CASE("cli: flags override the preset whatever their order") {
+  TempDir dir("cli_preset");
+  const std::string data = write_corpus(dir);
+  const auto r = run_cli("train --n-layer 1 --preset nanogpt --n-embd 12 --batch-size 2 --steps 0 --eval-iters 1"
+                         " --threads 1 --data " + data + " --out " + (dir / "p.safetensors"));
+  CAPTURE(r.output);
+  CHECK(r.status == 0);
+  CHECK(contains(r.output, "(L=1 H=6 C=12 T=256 V="));
+  CHECK(contains(r.output, "batch 2 = "));
+}
+
+TEST_CASE("cli: bench sorts its thread list and reports JSON and CSV") {
+  TempDir dir("cli_bench");
+  const std::string data = write_corpus(dir);
+  const auto r = run_cli("bench --data " + data +
+                         " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --threads 2,1,2 --steps 1"
+                         " --warmup 0 --rounds 1 --sgemm-size 32 -q --json --csv " + (dir / "b.csv") + " >" +
+                         (dir / "b.json") + " 2>" + (dir / "table.txt") + "; echo status $?");
+  CAPTURE(r.output);
+  REQUIRE(r.output == "status 0\n");
+  std::ifstream json_file(dir / "b.json");
+  const auto j = nlohmann::json::parse(json_file);
+  REQUIRE(j["rows"].size() == 2);
+  CHECK(j["rows"][0]["threads"] == 1);
+  CHECK(j["rows"][1]["threads"] == 2);
+  CHECK(j["config"]["n_embd"] == 16);
+  CHECK(j["amdahl"].contains("valid"));
+  CHECK(j["method"]["losses_identical"] == true);
+  std::ifstream csv(dir / "b.csv");
+  std::string header, line;
+  REQUIRE(std::getline(csv, header));
+  CHECK(header.rfind("threads,oversubscribed,", 0) == 0);
+  int rows = 0;
+  while (std::getline(csv, line)) ++rows;
+  CHECK(rows == 2);
+}
