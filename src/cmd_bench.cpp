@@ -349,18 +349,19 @@ int cmd_bench(int argc, char** argv) {
   b.threads = parse_thread_list(a.threads, tbb::info::default_concurrency());
   check_threads_can_start(b.threads.back());
 
-  // Open the CSV before the (long) run, so a bad path fails at once.
-  std::ofstream csv;
+  // Check the CSV's path before the (long) run, so a bad one fails at once.
   if (a.csv) {
-    csv.open(*a.csv, std::ios::trunc);
-    if (!csv) throw std::runtime_error("cannot open '" + *a.csv + "' for writing");
+    check_output_path("--csv", *a.csv, {a.data});
+    check_directory_writable("--csv", *a.csv);
   }
 
   Dataset ds = load_dataset(a.data);
   BenchResult res = run_bench(b, ds.train, ds.tok.size(), a.quiet ? nullptr : &std::cerr);
   res.data_path = a.data;
 
-  if (csv.is_open()) {
+  if (a.csv) {
+    std::ofstream csv(*a.csv, std::ios::trunc);
+    if (!csv) throw std::runtime_error("cannot open '" + *a.csv + "' for writing");
     write_csv(res, csv);
     csv.close();
     if (!csv) throw std::runtime_error("cannot write '" + *a.csv + "'");

@@ -3,15 +3,27 @@
 // the bench's report.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
 #include <cctype>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "chargpt/checkpoint.h"
 #include "chargpt/rng.h"
 #include "util.h"
+
+extern char** environ;
 
 using chargpt::test::run_cli;
 using chargpt::test::TempDir;
@@ -179,4 +191,143 @@ TEST_CASE("cli: bench sorts its thread list and reports JSON and CSV") {
   int rows = 0;
   while (std::getline(csv, line)) ++rows;
   CHECK(rows == 2);
+}
+
+// ---------------------------------------------------------------------------
+// Signals, outputs, logs.
+
+namespace {
+
+std::string bytes_of(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+int checkpoint_step(const std::string& path) {
+  chargpt::Metadata meta;
+  chargpt::load_model(path, &meta);
+  return std::stoi(meta["step"]);
+}
+
+}  // namespace
+
+TEST_CASE("cli: SIGTERM saves at the end of the step and exits with 143") {
+  TempDir dir("cli_sigterm");
+  const std::string data = write_corpus(dir), out = dir / "term.safetensors", log = dir / "log.jsonl";
+  std::vector<std::string> args = {CHARGPT_BINARY, "train", "--data", data, "--out", out, "--log", log,
+                                   "--log-interval", "1", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+                                   "--block-size", "16", "--batch-size", "4", "--steps", "100000000",
+                                   "--eval-interval", "0", "--threads", "1"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, (dir / "stdout.txt").c_str(), O_WRONLY | O_CREAT, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, (dir / "stderr.txt").c_str(), O_WRONLY | O_CREAT, 0644);
+  pid_t pid;
+  REQUIRE(posix_spawn(&pid, CHARGPT_BINARY, &fa, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&fa);
+  // Training has started (and the handler is installed) once the log has a step line.
+  const auto t0 = std::chrono::steady_clock::now();
+  while (bytes_of(log).find("\"step\"") == std::string::npos &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  INFO(bytes_of(dir / "stderr.txt"));
+  REQUIRE(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 143);
+  CHECK(contains(bytes_of(dir / "stderr.txt"), "SIGTERM: finishing this step and saving"));
+  const int step = checkpoint_step(out);
+  CHECK(step > 0);
+  CHECK(step < 100000000);
+  CHECK(fs::exists(dir / "term.optim.safetensors"));
+  // and the pair resumes
+  const auto r = run_cli("train --resume --data " + data + " --out " + out + " --log " + log + kTiny +
+                         " --threads 1 --steps " + std::to_string(step + 2));
+  CAPTURE(r.output);
+  CHECK(r.status == 0);
+  CHECK(checkpoint_step(out) == step + 2);
+}
+
+TEST_CASE("cli: outputs that are not regular files or are inputs are refused, and nothing is written") {
+  TempDir dir("cli_outputs");
+  const std::string data = write_corpus(dir), before = bytes_of(data);
+  const std::string base = "train --steps 2 --data " + data + kTiny;
+  auto refused = [&](const std::string& flags, const std::string& message) {
+    const auto r = run_cli(base + flags);
+    CAPTURE(flags);
+    CAPTURE(r.output);
+    CHECK(r.status == 1);
+    CHECK(contains(r.output, message));
+    CHECK(!contains(r.output, "step 1"));  // refused before training
+  };
+  refused(" --out /dev/null", "--out '/dev/null' exists and is not a regular file");
+  refused(" --out " + (dir / "w.safetensors") + " --log /dev/null", "--log '/dev/null' exists and is not a regular file");
+  refused(" --out " + dir.str(), "--out '" + dir.str() + "' exists and is not a regular file");
+  CHECK(fs::is_character_file("/dev/null"));
+  refused(" --out " + data, "--out '" + data + "' is the same file as the input '" + data + "'");
+  refused(" --out " + (dir / "w.safetensors") + " --log " + data, "--log '" + data + "' is the same file as the input");
+  fs::create_symlink(data, dir / "link.safetensors");
+  refused(" --force --out " + (dir / "link.safetensors"), "is the same file as the input");
+  refused(" --out " + (dir / "w.safetensors") + " --log " + (dir / "w.safetensors"),
+          "--log '" + (dir / "w.safetensors") + "' is the same file as --out");
+  refused(" --out " + (dir / "w.safetensors") + " --log " + (dir / "w.optim.safetensors"),
+          "is the same file as the optimizer state beside --out");
+  // not writable: the directory would have to be inside a regular file
+  refused(" --out " + data + "/sub/w.safetensors", "cannot write --out '" + data + "/sub/w.safetensors'");
+  CHECK(bytes_of(data) == before);
+  CHECK(!fs::exists(dir / "w.safetensors"));
+
+  const auto r = run_cli("bench --csv /dev/null --data " + data);
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "--csv '/dev/null' exists and is not a regular file"));
+}
+
+TEST_CASE("cli: an existing checkpoint is replaced only with --force, continued only with --resume") {
+  TempDir dir("cli_replace");
+  const std::string data = write_corpus(dir), out = dir / "w.safetensors", log = dir / "log.jsonl";
+  const std::string base = "train --data " + data + kTiny + " --threads 1 --out " + out + " --log " + log;
+  REQUIRE(run_cli(base + " --steps 3").status == 0);
+  const std::string weights = bytes_of(out), log_text = bytes_of(log);
+  auto r = run_cli(base + " --steps 5");
+  CAPTURE(r.output);
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "--out '" + out + "' exists; refusing to replace it: --resume continues that run, "
+                           "--force starts a new one over it"));
+  CHECK(bytes_of(out) == weights);
+  CHECK(bytes_of(log) == log_text);
+  fs::remove(out);  // the optimizer state and the log are protected as well
+  r = run_cli(base + " --steps 5");
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "the optimizer state beside --out '" + (dir / "w.optim.safetensors") + "' exists"));
+  fs::remove(dir / "w.optim.safetensors");
+  r = run_cli(base + " --steps 5");
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "--log '" + log + "' exists"));
+  r = run_cli(base + " --steps 5 --force");
+  CHECK(r.status == 0);
+  CHECK(checkpoint_step(out) == 5);
+  r = run_cli(base + " --steps 7 --resume");
+  CHECK(r.status == 0);
+  CHECK(checkpoint_step(out) == 7);
+}
+
+TEST_CASE("cli: a failed log write stops the run with an error after saving the checkpoint") {
+  TempDir dir("cli_logfail");
+  const std::string data = write_corpus(dir), out = dir / "w.safetensors", log = dir / "log.jsonl";
+  // A file size limit of 64 KiB (SIGXFSZ ignored, so writes past it fail with EFBIG): the tiny model's
+  // checkpoint files stay below it, the log of one line per step outgrows it after a few hundred steps.
+  const auto r = run_cli("help >/dev/null; trap '' XFSZ; prlimit --fsize=65536 " CHARGPT_BINARY " train --data " +
+                         data + kTiny + " --threads 1 --steps 100000 --log-interval 1 --out " + out + " --log " + log +
+                         " 2>&1; echo status $?");
+  CAPTURE(r.output);
+  CHECK(contains(r.output, "status 1"));
+  CHECK(contains(r.output, "cannot write log file '" + log + "': File too large; training stopped after step "));
+  const int step = checkpoint_step(out);
+  CHECK(step > 0);
+  CHECK(step < 100000);
+  CHECK(contains(r.output, "step " + std::to_string(step) + ", saved to '" + out + "'"));
 }

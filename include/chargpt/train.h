@@ -186,7 +186,18 @@ struct TrainResult {
   size_t peak_rss_bytes = 0;
 };
 
+// Checks opt (the option tables' ranges) and the outputs before step 1: --out, the
+// optimizer state beside it and --log must each be a regular file or absent,
+// not an input nor each other; an existing one is replaced only with
+// opt.resume or opt.force; their directories must be writable.
 TrainResult train(const TrainOptions& opt, std::ostream& out);
+
+// Throws (naming `what` and the path) when `path` exists and is not a regular
+// file, or is the same file as one of `inputs`.
+void check_output_path(const std::string& what, const std::string& path, const std::vector<std::string>& inputs);
+// Throws unless a file can be created (and is removed again) in the directory
+// of `path`, creating the directory as a save would.
+void check_directory_writable(const std::string& what, const std::string& path);
 
 // Current peak resident set size of this process.
 size_t peak_rss_bytes();
