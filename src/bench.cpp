@@ -18,6 +18,7 @@
 #include "chargpt/bench_stats.h"
 #include "chargpt/buffer.h"
 #include "chargpt/matmul.h"
+#include "chargpt/memory.h"
 #include "chargpt/rng.h"
 #include "chargpt/train.h"
 
@@ -190,6 +191,16 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
                              " tokens, fewer than block_size+1");
 
   const Config& cfg = opt.model;
+  {
+    // Every setting's engine stays alive (for interleaving), and the sgemm rate needs 3 n x n matrices a thread.
+    double need = 3.0 * opt.sgemm_n * opt.sgemm_n * 4 * opt.threads.back();
+    for (int t : opt.threads) need += estimate_train_bytes(cfg, opt.batch_size, opt.shard_size, t);
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "the bench of n_layer %d, n_embd %d, block_size %d, batch %d at %zu thread counts (sgemm size %d)",
+                  cfg.n_layer, cfg.n_embd, cfg.block_size, opt.batch_size, opt.threads.size(), opt.sgemm_n);
+    check_memory_need(what, need, "lower the model's size, --batch-size, --shard-size, --threads or --sgemm-size");
+  }
   const AdamW adamw;
   const float grad_clip = 1.0f;
   res.n_params = num_params(cfg);

@@ -13,6 +13,7 @@
 
 #include "chargpt/checkpoint.h"
 #include "chargpt/data.h"
+#include "chargpt/memory.h"
 #include "chargpt/sample.h"
 #include "chargpt/tokenizer.h"
 #include "chargpt/train.h"
@@ -111,6 +112,11 @@ int cmd_sample(int argc, char** argv) {
     fail(where + ": " + e.what() + " (the vocabulary of '" + ckpt + "')");
   }
 
+  // The token sequence is reserved whole, and --json keeps the text (up to 4 bytes a character).
+  check_memory_need("--tokens " + std::to_string(g.max_new_tokens),
+                    4.0 * ((double)prompt.size() + g.max_new_tokens) + (a.json ? 4.0 * g.max_new_tokens : 0.0) +
+                        4.0 * m.params.size(),
+                    "lower --tokens");
   Sampler sampler(a.sampler.temperature, top_k, a.sampler.top_p, a.seed);
   const bool json_out = a.json;
 

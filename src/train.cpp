@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cerrno>
@@ -18,6 +20,7 @@
 
 #include "chargpt/checkpoint.h"
 #include "chargpt/matmul.h"
+#include "chargpt/memory.h"
 
 namespace chargpt {
 
@@ -355,6 +358,15 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
                              std::to_string(ds.val.size()) + " tokens, block_size+1 = " +
                              std::to_string(cfg.block_size + 1) + " needed");
 
+  {
+    const int shard = o.shard_size > 0 ? o.shard_size : default_shard_size(std::min(o.batch_size, INT_MAX - 16), cfg.block_size);
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "training this model (n_layer %d, n_embd %d, block_size %d, vocabulary %d) with batch %d in shards "
+                  "of %d", cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size, o.batch_size, shard);
+    check_memory_need(what, estimate_train_bytes(cfg, o.batch_size, o.shard_size, o.threads, o.eval_iters),
+                      "lower --n-layer, --n-embd, --block-size, --batch-size or --shard-size");
+  }
   Engine e(cfg, o.batch_size, o.shard_size, o.threads, o.seed);
   if (o.resume) load_resume_state(o, resumed, wmeta, e);
   else init_params(cfg, e.params.data(), o.seed);

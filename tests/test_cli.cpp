@@ -20,6 +20,8 @@
 #include <nlohmann/json.hpp>
 
 #include "chargpt/checkpoint.h"
+#include "chargpt/memory.h"
+#include "chargpt/train.h"
 #include "chargpt/rng.h"
 #include "util.h"
 
@@ -330,4 +332,65 @@ TEST_CASE("cli: a failed log write stops the run with an error after saving the 
   CHECK(step > 0);
   CHECK(step < 100000);
   CHECK(contains(r.output, "step " + std::to_string(step) + ", saved to '" + out + "'"));
+}
+
+// ---------------------------------------------------------------------------
+// Memory: what a flag would need, refused before it is allocated.
+
+TEST_CASE("cli: the training memory estimate covers what the engine allocates") {
+  chargpt::Config cfg;
+  cfg.vocab_size = 67;
+  cfg.block_size = 24;
+  cfg.n_layer = 3;
+  cfg.n_head = 3;
+  cfg.n_embd = 48;
+  for (int n : {1, 3, 7}) {
+    const chargpt::Activations acts(cfg, n);
+    const double est = chargpt::estimate_activation_bytes(cfg, n);
+    CAPTURE(n);
+    CHECK(est >= (double)acts.bytes());
+    CHECK(est <= 1.02 * (double)acts.bytes() + 4096);
+  }
+  // One thread: one Activations; the estimate allows one per hardware thread up to the shard count.
+  chargpt::Engine e(cfg, 5, 2, 1, 1);
+  std::vector<int32_t> split(5000);
+  for (size_t i = 0; i < split.size(); ++i) split[i] = (int32_t)(i * 7 % 67);
+  e.train_step(split, 1e-3f, 1.f, chargpt::AdamW{});
+  const double est = chargpt::estimate_train_bytes(cfg, 5, 2, 1);
+  CHECK(est >= (double)e.bytes_allocated());
+  CHECK(est <= (double)e.bytes_allocated() + 3 * chargpt::estimate_activation_bytes(cfg, 2) + 65536);
+  // The arithmetic does not overflow for absurd shapes.
+  cfg.n_embd = 2000000000;
+  cfg.n_head = 1;
+  CHECK(chargpt::estimate_train_bytes(cfg, 2000000000, 0, 0) > 1e20);
+}
+
+TEST_CASE("cli: huge shapes, batches and --tokens are refused with the memory they would need") {
+  TempDir dir("cli_memory");
+  const std::string data = write_corpus(dir), out = dir / "w.safetensors";
+  for (const char* flags : {"--n-embd 1000000", "--batch-size 2000000000", "--n-layer 2000000",
+                            "--block-size 256 --batch-size 1000000", "--shard-size 1000000000"}) {
+    const std::string f = flags;
+    const auto r = run_cli("train --threads 1 --data " + data + " --out " + out + " " + f);
+    CAPTURE(f);
+    CAPTURE(r.output);
+    CHECK(r.status == 1);
+    CHECK(contains(r.output, "GiB of memory; "));
+    CHECK(contains(r.output, ": lower --n-layer, --n-embd, --block-size, --batch-size or --shard-size"));
+    CHECK(!fs::exists(out));
+  }
+  auto r = run_cli("train --threads 1 --data " + data + " --out " + out + " --n-embd 1000000");
+  CHECK(contains(r.output, "training this model (n_layer 4, n_embd 1000000, block_size 64, vocabulary "));
+  r = run_cli("bench --threads 1 --data " + data + " --batch-size 2000000000");
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "GiB of memory; "));
+
+  // --tokens: the limit comes from ulimit -v here, since this machine has enough for any int.
+  REQUIRE(run_cli("train --steps 1 --threads 1 --data " + data + kTiny + " --out " + out).status == 0);
+  r = run_cli("help >/dev/null; prlimit --as=4294967296 " CHARGPT_BINARY " sample --checkpoint " + out +
+              " --tokens 2000000000 --json 2>&1; echo status $?");
+  CAPTURE(r.output);
+  CHECK(contains(r.output, "status 1"));
+  CHECK(contains(r.output, "--tokens 2000000000 would need 14.9 GiB of memory; this process may use (ulimit -v) "
+                           "4.0 GiB: lower --tokens"));
 }
