@@ -394,3 +394,36 @@ TEST_CASE("cli: huge shapes, batches and --tokens are refused with the memory th
   CHECK(contains(r.output, "--tokens 2000000000 would need 14.9 GiB of memory; this process may use (ulimit -v) "
                            "4.0 GiB: lower --tokens"));
 }
+
+// ---------------------------------------------------------------------------
+// Threads that cannot be started.
+
+TEST_CASE("cli: threads that cannot be started are an error message and exit 1, not an abort") {
+  // RLIMIT_NPROC caps the threads of the real user; root is exempt, so as root the command runs as nobody.
+  const bool root = ::geteuid() == 0;
+  if (run_cli("help >/dev/null; command -v prlimit && command -v setpriv").status != 0) {
+    MESSAGE("SKIPPED: prlimit or setpriv (util-linux) is not installed");
+    return;
+  }
+  TempDir dir("cli_nproc");
+  fs::permissions(dir.path, fs::perms::all);  // writable for nobody
+  const std::string data = write_corpus(dir);
+  const std::string as_user = root ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+  if (run_cli("help >/dev/null; " + as_user + CHARGPT_BINARY " --help >/dev/null").status != 0) {
+    MESSAGE("SKIPPED: the binary cannot be run as nobody here (directory permissions)");
+    return;
+  }
+  // Three threads for the user: this process and two more, while 8 are asked for.
+  for (const std::string& cmd : {"train --steps 2 --out " + (dir / "w.safetensors") + " --data " + data + kTiny,
+                                "bench --steps 1 --warmup 0 --rounds 1 --data " + data})
+  {
+    const auto r = run_cli("help >/dev/null; " + as_user + "prlimit --nproc=3 " CHARGPT_BINARY " " + cmd +
+                           " --threads 8 2>&1; echo status $?");
+    CAPTURE(cmd);
+    CAPTURE(r.output);
+    CHECK(contains(r.output, "status 1"));
+    CHECK(contains(r.output, "cannot start 8 threads (3 started, then: Resource temporarily unavailable)"));
+    CHECK(contains(r.output, "lower --threads or raise the limit"));
+    CHECK(!contains(r.output, "terminate called"));
+  }
+}
