@@ -1,84 +1,122 @@
-// What several subcommands share: the model/batch options and their presets.
+// What the subcommands share: reading option tables, presets, the thread check.
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
 #include <iostream>
+#include <mutex>
 #include <string>
+#include <system_error>
+#include <thread>
 
 #include <cxxopts.hpp>
+#include <tbb/info.h>
 
-#include "chargpt/cli.h"
+#include "chargpt/train.h"
+#include "cli.h"
 
 namespace chargpt {
 
-namespace {
-
-struct Preset {
-  const char* name;
-  int n_layer, n_head, n_embd, block_size, batch_size;
-};
-constexpr Preset kPresets[] = {
-    {"baby", 4, 4, 128, 64, 12},     // nanoGPT's "baby GPT" for Shakespeare on a CPU
-    {"nanogpt", 6, 6, 384, 256, 64}, // nanoGPT's train_shakespeare_char
-};
-
-const Preset& find_preset(const std::string& name) {
-  for (const auto& p : kPresets)
-    if (name == p.name) return p;
-  throw UsageError("--preset '" + name + "' is not one of: baby, nanogpt");
-}
-
-}  // namespace
-
-void add_model_options(cxxopts::Options& o) {
-  o.add_options("Model")
-      ("preset", "model and batch preset: baby (4 layers, 4 heads, 128 wide, block 64, batch 12) or "
-                 "nanogpt (6, 6, 384, 256, 64)", cxxopts::value<std::string>()->default_value("baby"))
-      ("n-layer", "transformer blocks (default: from the preset)", cxxopts::value<int>())
-      ("n-head", "attention heads (default: from the preset)", cxxopts::value<int>())
-      ("n-embd", "embedding width (default: from the preset)", cxxopts::value<int>())
-      ("block-size", "context length in characters (default: from the preset)", cxxopts::value<int>())
-      ("batch-size", "sequences per step (default: from the preset)", cxxopts::value<int>())
-      ("shard-size", "sequences per parallel task (0 = auto: >= 128 tokens a shard, at most 16 shards); changes the float "
-                     "summation order, so keep it fixed to reproduce a run",
-       cxxopts::value<int>()->default_value("0"));
-}
-
-// Model shape and batch from --preset plus overrides.
-void read_model_options(const cxxopts::ParseResult& r, Config& cfg, int& batch_size, int& shard_size) {
-  const Preset& p = find_preset(r["preset"].as<std::string>());
-  cfg.n_layer = r.count("n-layer") ? r["n-layer"].as<int>() : p.n_layer;
-  cfg.n_head = r.count("n-head") ? r["n-head"].as<int>() : p.n_head;
-  cfg.n_embd = r.count("n-embd") ? r["n-embd"].as<int>() : p.n_embd;
-  cfg.block_size = r.count("block-size") ? r["block-size"].as<int>() : p.block_size;
-  batch_size = r.count("batch-size") ? r["batch-size"].as<int>() : p.batch_size;
-  shard_size = r["shard-size"].as<int>();
-  auto positive = [](const char* flag, int v) {
-    if (v < 1) throw UsageError(std::string("--") + flag + " must be >= 1, got " + std::to_string(v));
-  };
-  positive("n-layer", cfg.n_layer);
-  positive("n-head", cfg.n_head);
-  positive("n-embd", cfg.n_embd);
-  positive("block-size", cfg.block_size);
-  positive("batch-size", batch_size);
-  if (cfg.n_embd % cfg.n_head)
-    throw UsageError("--n-embd " + std::to_string(cfg.n_embd) + " must be divisible by --n-head " +
-                     std::to_string(cfg.n_head));
-  if (cfg.block_size > 4096) throw UsageError("--block-size must be <= 4096, got " + std::to_string(cfg.block_size));
-  if (shard_size < 0) throw UsageError("--shard-size must be >= 0, got " + std::to_string(shard_size));
-}
-
-cxxopts::ParseResult parse_options(cxxopts::Options& o, int argc, char** argv) {
-  try {
-    auto r = o.parse(argc, argv);
-    if (!r.unmatched().empty()) throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
-    return r;
-  } catch (const cxxopts::exceptions::exception& e) {
-    throw UsageError(e.what());
+std::string preset_help() {
+  std::string h = "model and batch preset:";
+  for (const Preset& p : kPresets) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " %s (%d layers, %d heads, %d wide, block %d, batch %d: %s)%s", p.name,
+                  p.model.n_layer, p.model.n_head, p.model.n_embd, p.model.block_size, p.batch_size, p.about,
+                  &p == &kPresets[std::size(kPresets) - 1] ? "" : ";");
+    h += buf;
   }
+  return h;
 }
 
-bool wants_help(cxxopts::Options& o, const cxxopts::ParseResult& r) {
-  if (!r.count("help")) return false;
-  std::cout << o.help() << std::flush;
-  return true;
+template <class T>
+static void parse_number(const std::string& flag, const std::string& text, T& out, const char* what) {
+  T v{};
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (ec == std::errc::result_out_of_range)
+    throw UsageError("--" + flag + " '" + text + "' is out of range");
+  if (ec != std::errc() || ptr != end || text.empty())
+    throw UsageError("--" + flag + " '" + text + "' is not " + what);
+  out = v;
+}
+
+void parse_value(const std::string& flag, const std::string& text, int& out) {
+  parse_number(flag, text, out, "an integer");
+}
+void parse_value(const std::string& flag, const std::string& text, uint64_t& out) {
+  parse_number(flag, text, out, "a non-negative integer");
+}
+void parse_value(const std::string& flag, const std::string& text, float& out) {
+  parse_number(flag, text, out, "a number");
+}
+void parse_value(const std::string&, const std::string& text, std::string& out) { out = text; }
+void parse_value(const std::string&, const std::string& text, std::optional<std::string>& out) { out = text; }
+
+void parse_value(const std::string& flag, const std::string& text, PresetFlag& out) {
+  std::string names;
+  for (const Preset& p : kPresets) {
+    if (text == p.name) {
+      out.name = text;
+      *out.model = p.model;
+      *out.batch_size = p.batch_size;
+      return;
+    }
+    names += (names.empty() ? "" : ", ") + std::string(p.name);
+  }
+  throw UsageError("--" + flag + " '" + text + "' is not one of: " + names);
+}
+
+std::string default_text(int v) { return std::to_string(v); }
+std::string default_text(uint64_t v) { return std::to_string(v); }
+std::string default_text(float v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", (double)v);  // reads back as the same float
+  return buf;
+}
+std::string default_text(const std::string& v) { return v; }
+std::string default_text(const PresetFlag& v) { return v.name; }
+
+bool looks_like_flag(const std::string& value, const std::vector<std::string>& names) {
+  if (value.size() < 2 || value[0] != '-') return false;
+  std::string n = value.substr(value[1] == '-' ? 2 : 1);
+  n = n.substr(0, n.find('='));
+  for (const auto& name : names)
+    if (n == name) return true;
+  return false;
+}
+
+void print_help(cxxopts::Options& o) { std::cout << o.help() << std::flush; }
+
+void check_threads_can_start(int threads) {
+  const int n = threads > 0 ? threads : tbb::info::default_concurrency();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  std::vector<std::thread> started;
+  std::string failure;
+  for (int i = 0; i < n - 1; ++i) {  // oneTBB's workers, beside this thread
+    try {
+      started.emplace_back([&] {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return release; });
+      });
+    } catch (const std::system_error& e) {
+      failure = e.what();
+      break;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  for (auto& t : started) t.join();
+  if (!failure.empty())
+    throw std::runtime_error("cannot start " + std::to_string(n) + " threads (" + std::to_string(started.size() + 1) +
+                             " started, then: " + failure +
+                             "); a limit on processes/threads (ulimit -u, a cgroup's pids.max) or on memory is in "
+                             "the way: lower --threads or raise the limit");
 }
 
 }  // namespace chargpt

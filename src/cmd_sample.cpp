@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -11,11 +12,12 @@
 #include <cxxopts.hpp>
 
 #include "chargpt/checkpoint.h"
-#include "chargpt/cli.h"
 #include "chargpt/data.h"
+#include "chargpt/memory.h"
 #include "chargpt/sample.h"
 #include "chargpt/tokenizer.h"
 #include "chargpt/train.h"
+#include "cli.h"
 
 namespace chargpt {
 
@@ -26,11 +28,39 @@ void write_out(const std::string& s) {
   std::fflush(stdout);
 }
 
-std::string fmt(float v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", (double)v);
-  return buf;
-}
+struct SampleArgs {
+  std::string checkpoint = kDefaultCheckpointPath;
+  std::optional<std::string> prompt, prompt_file;
+  Sampler sampler;    // temperature, top-k, top-p
+  uint64_t seed = kDefaultSeed;
+  GenerateOptions g;  // tokens, threads, keep
+  bool no_kv_cache = false, json = false, help = false;
+
+  template <class V>
+  void for_each(V&& v) {
+    v(checkpoint, "checkpoint", "model to sample from");
+    v(prompt, "prompt", "text to start from (default: a newline)");
+    v(prompt_file, "prompt-file", "read the prompt from this UTF-8 file");
+    v(g.max_new_tokens, "tokens", "characters to generate", at_least(0));
+    v(sampler.temperature, "temperature", "softmax temperature; 0 = greedy (argmax)", at_least(0));
+    v(sampler.top_k, "top-k", "sample only from the k most likely characters (0 = off)", at_least(0));
+    v(sampler.top_p, "top-p",
+      "nucleus sampling: only the smallest set of most likely characters whose probability reaches p (1 = off)",
+      between(0, 1, true, false));
+    v(seed, "seed", "random seed");
+    v(g.threads, "threads", kThreadsHelp, kThreadLimits);
+    v(g.keep, "keep",
+      "tokens a new context window starts with when the window slides (0 = block_size/2; block_size = nanoGPT's "
+      "crop, a whole-window forward every token past block_size)",
+      at_least(0));
+    v(no_kv_cache, "no-kv-cache", "recompute the whole context window with the batched forward for every token (baseline)");
+    v(json, "json", "print one JSON object at the end (text and timings) instead of streaming");
+    v(help, "h,help", "show this help");
+  }
+  void check() const {
+    if (prompt && prompt_file) throw UsageError("--prompt and --prompt-file cannot be used together");
+  }
+};
 
 }  // namespace
 
@@ -40,54 +70,23 @@ int cmd_sample(int argc, char** argv) {
                      "Past block_size the model sees a sliding window: when it is full, the next token starts a "
                      "new window of the last --keep tokens (its cache rebuilt by one prefill). Same checkpoint, "
                      "prompt, flags and seed give the same text for every --threads value.");
-  o.add_options()
-      ("checkpoint", "model to sample from", cxxopts::value<std::string>()->default_value(TrainOptions{}.out_path))
-      ("prompt", "text to start from (default: a newline)", cxxopts::value<std::string>())
-      ("prompt-file", "read the prompt from this UTF-8 file", cxxopts::value<std::string>())
-      ("tokens", "characters to generate", cxxopts::value<int>()->default_value("500"))
-      ("temperature", "softmax temperature; 0 = greedy (argmax)", cxxopts::value<float>()->default_value("0.8"))
-      ("top-k", "sample only from the k most likely characters (0 = off)", cxxopts::value<int>()->default_value("0"))
-      ("top-p", "nucleus sampling: only the smallest set of most likely characters whose probability reaches p "
-                "(1 = off)", cxxopts::value<float>()->default_value("1.0"))
-      ("seed", "random seed", cxxopts::value<uint64_t>()->default_value("1337"))
-      ("threads", "worker threads (0 = all hardware threads)", cxxopts::value<int>()->default_value("0"))
-      ("keep", "tokens a new context window starts with when the window slides (0 = block_size/2; "
-               "block_size = nanoGPT's crop, a whole-window forward every token past block_size)",
-       cxxopts::value<int>()->default_value("0"))
-      ("no-kv-cache", "recompute the whole context window with the batched forward for every token (baseline)")
-      ("json", "print one JSON object at the end (text and timings) instead of streaming")
-      ("h,help", "show this help");
-  const cxxopts::ParseResult r = parse_options(o, argc, argv);
-  if (wants_help(o, r)) return 0;
-
-  // Flag checks that need no checkpoint come first.
-  const int tokens = r["tokens"].as<int>();
-  const float temperature = r["temperature"].as<float>();
-  const int top_k = r["top-k"].as<int>();
-  const float top_p = r["top-p"].as<float>();
-  const int threads = r["threads"].as<int>();
-  const int keep = r["keep"].as<int>();
-  if (tokens < 0) throw UsageError("--tokens must be >= 0, got " + std::to_string(tokens));
-  if (!(std::isfinite(temperature) && temperature >= 0.f))
-    throw UsageError("--temperature must be a finite number >= 0, got " + fmt(temperature));
-  if (top_k < 0) throw UsageError("--top-k must be >= 0 (0 = off), got " + std::to_string(top_k));
-  if (!(top_p > 0.f && top_p <= 1.f))
-    throw UsageError("--top-p must be in (0, 1], got " + fmt(top_p));
-  if (threads < 0) throw UsageError("--threads must be >= 0, got " + std::to_string(threads));
-  if (keep < 0) throw UsageError("--keep must be >= 0, got " + std::to_string(keep));
-  if (r.count("prompt") && r.count("prompt-file")) throw UsageError("--prompt and --prompt-file cannot be used together");
+  SampleArgs a;
+  if (!parse_args(a, o, argc, argv)) return 0;
+  GenerateOptions& g = a.g;
+  g.kv_cache = !a.no_kv_cache;
+  const int top_k = a.sampler.top_k, keep = g.keep;
 
   // The prompt's text, before the (slow) checkpoint load, so its problems show at once.
   // A bad prompt file is a runtime error (exit 1), a bad --prompt a usage error (exit 2).
-  const bool from_file = r.count("prompt-file") > 0;
-  const std::string prompt_file = from_file ? r["prompt-file"].as<std::string>() : "";
+  const bool from_file = a.prompt_file.has_value();
+  const std::string prompt_file = a.prompt_file.value_or("");
   const std::string where = from_file ? "prompt file '" + prompt_file + "'" : "--prompt";
   auto fail = [from_file](const std::string& msg) {
     if (from_file) throw std::runtime_error(msg);
     throw UsageError(msg);
   };
   const std::string bytes =
-      from_file ? read_file(prompt_file) : (r.count("prompt") ? r["prompt"].as<std::string>() : "\n");
+      from_file ? read_file(prompt_file) : a.prompt.value_or("\n");
   std::u32string prompt_cps;
   try {
     prompt_cps = utf8_decode(bytes);
@@ -96,7 +95,8 @@ int cmd_sample(int argc, char** argv) {
   }
   if (prompt_cps.empty()) fail(from_file ? "prompt is empty (" + where + ")" : "prompt is empty");
 
-  const std::string ckpt = r["checkpoint"].as<std::string>();
+  check_threads_can_start(g.threads);
+  const std::string& ckpt = a.checkpoint;
   Model m = load_model(ckpt);
   const Config& cfg = m.cfg;
   if (top_k > cfg.vocab_size)
@@ -112,13 +112,13 @@ int cmd_sample(int argc, char** argv) {
     fail(where + ": " + e.what() + " (the vocabulary of '" + ckpt + "')");
   }
 
-  Sampler sampler(temperature, top_k, top_p, r["seed"].as<uint64_t>());
-  GenerateOptions g;
-  g.max_new_tokens = tokens;
-  g.kv_cache = r.count("no-kv-cache") == 0;
-  g.threads = threads;
-  g.keep = keep;
-  const bool json_out = r.count("json") > 0;
+  // The token sequence is reserved whole, and --json keeps the text (up to 4 bytes a character).
+  check_memory_need("--tokens " + std::to_string(g.max_new_tokens),
+                    4.0 * ((double)prompt.size() + g.max_new_tokens) + (a.json ? 4.0 * g.max_new_tokens : 0.0) +
+                        4.0 * m.params.size(),
+                    "lower --tokens");
+  Sampler sampler(a.sampler.temperature, top_k, a.sampler.top_p, a.seed);
+  const bool json_out = a.json;
 
   std::string text = utf8_encode(prompt_cps);
   if (!json_out) write_out(text);

@@ -1,11 +1,15 @@
 #include "chargpt/train.h"
 
 #include <sys/resource.h>
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +19,7 @@
 
 
 #include "chargpt/checkpoint.h"
+#include "chargpt/memory.h"
 
 namespace chargpt {
 
@@ -22,7 +27,6 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::atomic<int> g_interrupts{0};
 
 std::string optim_state_path(const std::string& weights_path) {
   std::string base = weights_path;
@@ -102,32 +106,106 @@ std::string human_duration(double s) {
   return buf;
 }
 
+// The library's own guard: the same table the command line checks (as usage errors) first.
 void check_options(const TrainOptions& o) {
-  auto need = [](bool ok, const std::string& msg) {
-    if (!ok) throw std::runtime_error(msg);
-  };
-  need(o.batch_size >= 1, "--batch-size must be >= 1, got " + std::to_string(o.batch_size));
-  need(o.shard_size >= 0, "--shard-size must be >= 0, got " + std::to_string(o.shard_size));
-  need(o.steps >= 0, "--steps must be >= 0, got " + std::to_string(o.steps));
-  need(o.lr_decay_steps >= 0, "--lr-decay-steps must be >= 0, got " + std::to_string(o.lr_decay_steps));
-  need(o.warmup >= 0, "--warmup must be >= 0, got " + std::to_string(o.warmup));
-  need(o.lr > 0 && std::isfinite(o.lr), "--lr must be a positive number, got " + std::to_string(o.lr));
-  need(o.min_lr >= 0 && std::isfinite(o.min_lr), "--min-lr must be >= 0, got " + std::to_string(o.min_lr));
-  need(o.grad_clip >= 0, "--grad-clip must be >= 0 (0 = off), got " + std::to_string(o.grad_clip));
-  need(o.adamw.weight_decay >= 0, "--weight-decay must be >= 0, got " + std::to_string(o.adamw.weight_decay));
-  need(o.adamw.beta1 >= 0 && o.adamw.beta1 < 1, "--beta1 must be in [0, 1)");
-  need(o.adamw.beta2 >= 0 && o.adamw.beta2 < 1, "--beta2 must be in [0, 1)");
-  need(o.eval_interval >= 0, "--eval-interval must be >= 0, got " + std::to_string(o.eval_interval));
-  need(o.eval_iters >= 1, "--eval-iters must be >= 1, got " + std::to_string(o.eval_iters));
-  need(o.save_interval >= 0, "--save-interval must be >= 0, got " + std::to_string(o.save_interval));
-  need(o.log_interval >= 1, "--log-interval must be >= 1, got " + std::to_string(o.log_interval));
-  need(o.threads >= 0, "--threads must be >= 0 (0 = all), got " + std::to_string(o.threads));
+  for_each_shape_option(o, OptionChecker{});
+  for_each_shard_option(o, OptionChecker{});
+  for_each_train_option(o, OptionChecker{});
 }
+
+// The JSON Lines log. Every write is flushed and checked; the first failure is
+// kept in `error` and later writes are skipped: train() then saves the
+// checkpoint at the end of the step and stops with that error (a run whose
+// log silently stopped would look complete, and the weights are worth more
+// than the log).
+struct LogFile {
+  std::FILE* f = nullptr;
+  std::string path, error;
+  LogFile(const std::string& path_, bool append) : path(path_) {
+    if (path.empty()) return;
+    f = std::fopen(path.c_str(), append ? "a" : "w");
+    if (!f) throw std::runtime_error("cannot open log file '" + path + "': " + std::strerror(errno));
+  }
+  ~LogFile() {
+    if (f) std::fclose(f);
+  }
+  LogFile(const LogFile&) = delete;
+  LogFile& operator=(const LogFile&) = delete;
+  void write(const json& j) {
+    if (!f || !error.empty()) return;
+    const std::string line = j.dump() + "\n";
+    errno = 0;
+    if (std::fwrite(line.data(), 1, line.size(), f) != line.size() || std::fflush(f) != 0)
+      error = "cannot write log file '" + path + "': " + std::strerror(errno ? errno : EIO);
+  }
+  void close() {
+    if (f && std::fclose(f) != 0 && error.empty())
+      error = "cannot write log file '" + path + "': " + std::strerror(errno ? errno : EIO);
+    f = nullptr;
+  }
+};
 
 }  // namespace
 
+void check_output_path(const std::string& what, const std::string& path, const std::vector<std::string>& inputs) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);  // follows symlinks: a link to a regular file is fine
+  if (!fs::exists(st)) return;
+  if (!fs::is_regular_file(st))
+    throw std::runtime_error(what + " '" + path + "' exists and is not a regular file; give the path of a file");
+  for (const auto& in : inputs)
+    if (fs::equivalent(path, in, ec))
+      throw std::runtime_error(what + " '" + path + "' is the same file as the input '" + in +
+                               "'; writing it would destroy it");
+}
+
+void check_directory_writable(const std::string& what, const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
+  std::error_code ec;
+  fs::create_directories(dir, ec);  // as a save would
+  const std::string probe = (dir / (".chargpt-write-test-" + std::to_string(::getpid()))).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+  if (fd < 0)
+    throw std::runtime_error("cannot write " + what + " '" + path + "': cannot create a file in '" + dir.string() +
+                             "': " + std::strerror(errno));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+// The outputs of a run: each a regular file or absent, none of them an input or
+// another output, an existing checkpoint or log replaced only with --resume
+// (which continues it) or --force, and their directories writable. All before step 1.
+static void check_outputs(const TrainOptions& o) {
+  namespace fs = std::filesystem;
+  struct Output {
+    std::string what, path;
+  };
+  std::vector<Output> outs = {{"--out", o.out_path}, {"the optimizer state beside --out", optim_state_path(o.out_path)}};
+  if (!o.log_path.empty()) outs.push_back({"--log", o.log_path});
+  for (size_t i = 0; i < outs.size(); ++i) {
+    check_output_path(outs[i].what, outs[i].path, {o.data_path});
+    for (size_t j = 0; j < i; ++j) {
+      std::error_code ec;
+      if (fs::weakly_canonical(outs[i].path, ec) == fs::weakly_canonical(outs[j].path, ec) ||
+          fs::equivalent(outs[i].path, outs[j].path, ec))
+        throw std::runtime_error(outs[i].what + " '" + outs[i].path + "' is the same file as " + outs[j].what +
+                                 " '" + outs[j].path + "'");
+    }
+  }
+  if (!o.resume && !o.force)
+    for (const auto& out : outs)
+      if (fs::exists(out.path))
+        throw std::runtime_error(out.what + " '" + out.path +
+                                 "' exists; refusing to replace it: --resume continues that run, --force starts a "
+                                 "new one over it");
+  for (const auto& out : outs) check_directory_writable(out.what, out.path);
+}
+
 TrainResult train(const TrainOptions& o, std::ostream& out) {
   check_options(o);
+  check_outputs(o);
   const auto t_start = Clock::now();
   Config cfg = o.model;
   Model resumed;
@@ -149,6 +227,15 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
                              std::to_string(ds.val.size()) + " tokens, block_size+1 = " +
                              std::to_string(cfg.block_size + 1) + " needed");
 
+  {
+    const int shard = o.shard_size > 0 ? o.shard_size : default_shard_size(std::min(o.batch_size, INT_MAX - 16), cfg.block_size);
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "training this model (n_layer %d, n_embd %d, block_size %d, vocabulary %d) with batch %d in shards "
+                  "of %d", cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size, o.batch_size, shard);
+    check_memory_need(what, estimate_train_bytes(cfg, o.batch_size, o.shard_size, o.threads, o.eval_iters),
+                      "lower --n-layer, --n-embd, --block-size, --batch-size or --shard-size");
+  }
   Engine e(cfg, o.batch_size, o.shard_size, o.threads, o.seed, o.backend);
   if (o.resume) load_resume_state(o, resumed, wmeta, e);
   else init_params(cfg, e.params(), o.seed);
@@ -157,11 +244,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
 
   const int decay_steps = o.lr_decay_steps > 0 ? o.lr_decay_steps : o.steps;
   const bool tty = !o.quiet && &out == &std::cout && isatty(STDOUT_FILENO);
-  std::ofstream log;
-  if (!o.log_path.empty()) {
-    log.open(o.log_path, o.resume ? std::ios::app : std::ios::trunc);
-    if (!log) throw std::runtime_error("cannot open log file '" + o.log_path + "'");
-  }
+  LogFile log(o.log_path, o.resume);
   Saver saver{o, cfg, ds.tok};
   const size_t tokens_per_step = (size_t)o.batch_size * cfg.block_size;
   if (!o.quiet) {
@@ -182,9 +265,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     // Seeded by the step, so evaluation never disturbs the training sampler.
     train_loss = e.estimate_loss(ds.train, o.eval_iters, o.seed ^ (0x9e3779b97f4a7c15ULL * (at_step + 1)));
     val_loss = e.estimate_loss(ds.val, o.eval_iters, o.seed ^ (0xbf58476d1ce4e5b9ULL * (at_step + 1)));
-    if (log.is_open())
-      log << json{{"type", "eval"}, {"step", at_step}, {"train_loss", train_loss}, {"val_loss", val_loss}}.dump()
-          << "\n" << std::flush;
+    log.write(json{{"type", "eval"}, {"step", at_step}, {"train_loss", train_loss}, {"val_loss", val_loss}});
     if (!o.quiet) {
       char line[160];
       std::snprintf(line, sizeof line, "%sstep %d: train loss %.4f, val loss %.4f\n", tty ? "\r\033[K" : "", at_step,
@@ -223,10 +304,8 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
       tok_per_s = window_steps * (double)tokens_per_step / seconds_since(t_window);
       t_window = Clock::now();
       window_steps = 0;
-      if (log.is_open())
-        log << json{{"type", "step"}, {"step", e.step()}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                    {"tok_per_s", tok_per_s}, {"ms_per_step", 1000 * step_s}}.dump()
-            << "\n";
+      log.write(json{{"type", "step"}, {"step", e.step()}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+                     {"tok_per_s", tok_per_s}, {"ms_per_step", 1000 * step_s}});
     }
     if (!o.quiet && (tty || log_now)) {
       const double eta = ema_step_s * (o.steps - e.step());
@@ -240,7 +319,12 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
       out << line << std::flush;
     }
     if (o.save_interval > 0 && e.step() % o.save_interval == 0) saver.save(e);
-    if (g_interrupts.load() > 0) {
+    if (!log.error.empty()) {
+      saver.save(e);
+      throw std::runtime_error(log.error + "; training stopped after step " + std::to_string(e.step()) +
+                               ", saved to '" + o.out_path + "'");
+    }
+    if (o.should_stop && o.should_stop()) {
       saver.save(e);
       res.interrupted = true;
       if (!o.quiet)
@@ -259,6 +343,9 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     res.train_loss = train_loss;
     res.val_loss = val_loss;
   }
+  log.close();
+  if (!log.error.empty())
+    throw std::runtime_error(log.error + "; the run finished and its checkpoint '" + o.out_path + "' is saved");
   res.wall_s = seconds_since(t_start);
   res.peak_rss_bytes = peak_rss_bytes();
   if (!o.quiet && !res.interrupted) {

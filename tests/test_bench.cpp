@@ -15,7 +15,6 @@
 
 #include "chargpt/bench.h"
 #include "util.h"
-#include "chargpt/cli.h"
 #include "chargpt/data.h"
 #include "chargpt/rng.h"
 
@@ -119,11 +118,7 @@ TEST_CASE("bench: thread lists") {
   CHECK(default_thread_counts(2) == std::vector<int>{1, 2});
   CHECK(default_thread_counts(6) == std::vector<int>{1, 2, 4, 6});
   CHECK(default_thread_counts(8) == std::vector<int>{1, 2, 4, 8});
-  CHECK(parse_thread_list("all", 6) == std::vector<int>{1, 2, 4, 6});
-  CHECK(parse_thread_list("4,1,2,2", 2) == std::vector<int>{1, 2, 4});
-  CHECK(parse_thread_list("3", 2) == std::vector<int>{3});
-  for (const char* bad : {"", "1,,2", "0", "x", "1.5", "2,", "-1", " 1", "1,99999"})
-    CHECK_THROWS_AS(parse_thread_list(bad, 2), UsageError);
+  // parse_thread_list is the command line's: tests/test_cli.cpp
 }
 
 namespace {
@@ -180,10 +175,6 @@ TEST_CASE("bench: run_bench trains the same model at every thread count") {
   CHECK(r.rows[0].speedup == 1.0);
   CHECK(r.losses_identical);
   CHECK(r.rows[0].loss_last == r.rows[1].loss_last);
-  nlohmann::json j = bench_json(r);
-  CHECK(j["rows"].size() == 2);
-  CHECK(j["config"]["n_embd"] == 16);
-  CHECK(j["amdahl"].contains("valid"));
 }
 
 TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
@@ -204,7 +195,6 @@ TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
   REQUIRE(f);
   std::string header, line;
   std::getline(f, header);
-  CHECK(header == kBenchCsvHeader);
   const auto cols = split_csv(header);
   for (const char* want : {"threads", "ms_median", "ms_mad", "tok_per_s", "speedup", "efficiency", "mfu",
                            "fwd_bwd_ms", "reduce_opt_ms", "rest_ms", "loss_last", "peak_rss_mib", "oversubscribed"})

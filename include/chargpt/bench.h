@@ -21,79 +21,48 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "chargpt/bench_stats.h"
 #include "chargpt/model.h"
+#include "chargpt/options.h"
+#include "chargpt/train.h"
 
 namespace chargpt {
-
-// ---------------------------------------------------------------------------
-// Statistics: pure functions, unit-tested on fixed inputs.
-
-// Median; the mean of the two middle values for an even count. Throws on empty input.
-double median(std::vector<double> xs);
-
-// 1.4826 * median(|x - median(x)|): for normally distributed data this
-// estimates the standard deviation, but one outlier cannot move it. 0 for one value.
-double scaled_mad(const std::vector<double>& xs);
-
-// Speedup of `threads` over `base_threads` divided by the ideal speedup
-// threads/base_threads (with base_threads = 1: speedup / threads).
-double parallel_efficiency(double speedup, int threads, int base_threads = 1);
-
-// Amdahl's law, S(n) = 1 / (s + (1-s)/n): the serial fraction s that explains a
-// measured step time t_n at n threads given t_base at base_threads (both > 0,
-// n != base). With base 1 this is s = (n/S - 1)/(n - 1), S = t_1/t_n. Not
-// clamped: a negative s means superlinear speedup, s > 1 a slowdown.
-double amdahl_serial_fraction(double t_base, int base_threads, double t_n, int n);
-
-// Amdahl's predicted speedup over one thread at n threads; s is clamped to [0, 1].
-double amdahl_speedup(double s, int n);
-
-// A finer model for our step: the phases are fitted separately, and
-// forward+backward runs as `n_shards` equal tasks, so n threads need
-// ceil(n_shards/n) rounds of them and never get more than n_shards-way
-// parallelism. Fractions are each phase's share of the one-thread step time
-// (they are normalised to sum to 1); serial fractions are clamped to [0, 1].
-struct PhaseModel {
-  double fwd_bwd_frac, reduce_opt_frac, rest_frac;
-  double fwd_bwd_serial, reduce_opt_serial, rest_serial;
-  int n_shards;
-};
-// Fraction of one-thread time the parallel part of forward+backward takes at n
-// threads: ceil(k/n)/k (equals 1/n when n divides k).
-double shard_granularity(int n_shards, int n);
-// Serial fraction of one phase from its times at base_threads and n (as
-// amdahl_serial_fraction, but with the shard granularity when n_shards > 0).
-double phase_serial_fraction(double t_base, int base_threads, double t_n, int n, int n_shards = 0);
-double phase_model_speedup(const PhaseModel& m, int n);
 
 // ---------------------------------------------------------------------------
 // Thread lists.
 
 // 1, 2, 4, ... up to hw, plus hw itself if it is not a power of two.
 std::vector<int> default_thread_counts(int hw);
-// "all" (= default_thread_counts(hw)) or a comma list like "1,2,3": sorted,
-// duplicates removed. Throws UsageError on anything else or a count < 1.
-std::vector<int> parse_thread_list(const std::string& spec, int hw);
 
 // ---------------------------------------------------------------------------
 // The bench.
 
 struct BenchOptions {
-  Config model;  // vocab_size comes from the data
-  int batch_size = 12;
+  Config model = kDefaultPreset.model;  // vocab_size comes from the data
+  int batch_size = kDefaultPreset.batch_size;
   int shard_size = 0;  // 0 = default_shard_size(batch_size)
   std::vector<int> threads;  // empty = default_thread_counts(hardware threads)
   int steps = 20;   // timed steps per setting per round
   int warmup = 5;   // untimed steps per setting, first round only
   int rounds = 3;
   float lr = 1e-3f;  // constant learning rate (AdamW defaults, grad clip 1)
-  uint64_t seed = 1337;
+  uint64_t seed = kDefaultSeed;
   int loss_tail = 5;     // the end loss is the mean of this many last step losses
   int sgemm_n = 1024;    // square sgemm size for the FLOP-rate measurement
   int sgemm_reps = 5;    // best of
 };
+
+// The option table of the bench's own settings (see options.h); the model shape
+// and batch are for_each_shape_option's and for_each_shard_option's (train.h).
+template <class O, class V>
+void for_each_bench_option(O& o, V&& v) {
+  v(o.steps, "steps", "timed steps per thread count per round", at_least(1));
+  v(o.warmup, "warmup", "untimed steps per thread count before its first round", at_least(0));
+  v(o.rounds, "rounds", "interleaved rounds over the thread counts", at_least(1));
+  v(o.lr, "lr", "constant learning rate", above(0));
+  v(o.seed, "seed", "random seed (init and data order, the same for every thread count)");
+  v(o.sgemm_n, "sgemm-size", "n of the n x n x n sgemm that measures the FLOP rate for MFU", between(1, 16384));
+}
 
 struct BenchRow {
   int threads = 0;
@@ -162,9 +131,5 @@ BenchResult run_bench(const BenchOptions& opt, const std::vector<int32_t>& train
 // not oversubscribed) and predicts 8, 16 and 64 threads.
 AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards);
 
-void print_table(const BenchResult& r, std::ostream& out);
-extern const char* const kBenchCsvHeader;
-void write_csv(const BenchResult& r, std::ostream& out);
-nlohmann::json bench_json(const BenchResult& r);
 
 }  // namespace chargpt
