@@ -113,6 +113,7 @@ int cmd_eval(int argc, char** argv) {
   if (threads < 0) throw UsageError("--threads must be >= 0, got " + std::to_string(threads));
   const std::string ckpt = r["checkpoint"].as<std::string>();
   Model m = load_model(ckpt);
+  if (const std::string note = unverified_note(ckpt, m); !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
   Dataset ds = load_dataset(r["data"].as<std::string>(), &m.tok);
   EvalResult e = evaluate_split(m.cfg, m.params.data(), split == "val" ? ds.val : ds.train, threads);
   if (r.count("json")) {

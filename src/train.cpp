@@ -15,6 +15,7 @@
 
 
 #include "chargpt/checkpoint.h"
+#include "chargpt/hash.h"
 #include "chargpt/matmul.h"
 
 namespace chargpt {
@@ -30,13 +31,6 @@ int default_shard_size(int batch_size, int block_size) {
   // every shard re-reads and re-writes a whole gradient buffer) and at most 16 shards.
   const int min_rows = (128 + block_size - 1) / block_size;
   return std::min(batch_size, std::max(min_rows, (batch_size + 15) / 16));
-}
-
-std::string optim_state_path(const std::string& weights_path) {
-  std::string base = weights_path;
-  const std::string ext = ".safetensors";
-  if (base.size() > ext.size() && base.ends_with(ext)) base.resize(base.size() - ext.size());
-  return base + ".optim.safetensors";
 }
 
 size_t peak_rss_bytes() {
@@ -174,56 +168,57 @@ size_t Engine::bytes_allocated() const {
 
 namespace {
 
+// Saves weights and optimizer state as a pair (checkpoint.h says how a kill
+// at any moment leaves a resumable pair).
 struct Saver {
   const TrainOptions& opt;
   const Config& cfg;
-  const Tokenizer& tok;
+  const Dataset& ds;
   int last_saved_step = -1;
 
   void save(const Engine& e) {
     if (e.step == last_saved_step) return;  // e.g. a save-interval step that is also the last one
-    Metadata meta{{"step", std::to_string(e.step)}};
-    // Optimizer state first, weights last: the weights file names the step the
-    // state belongs to, and resume checks that the two agree.
-    Metadata ometa = meta;
-    ometa["format"] = "chargpt-optim";
-    ometa["version"] = kFormatVersion;
-    ometa["config"] = config_to_json(cfg);
-    char rng_state[4 * 17];  // read back by load_resume_state's sscanf
-    std::snprintf(rng_state, sizeof rng_state, "%016llx %016llx %016llx %016llx", (unsigned long long)e.data_rng.s[0],
-                  (unsigned long long)e.data_rng.s[1], (unsigned long long)e.data_rng.s[2],
-                  (unsigned long long)e.data_rng.s[3]);
-    ometa["data_rng"] = rng_state;
-    const int64_t P = (int64_t)e.params.size();
-    write_safetensors(optim_state_path(opt.out_path),
-                      {{"adamw.m", {P}, e.m.data()}, {"adamw.v", {P}, e.v.data()}}, ometa);
-    save_model(opt.out_path, cfg, tok, e.params.data(), meta);
+    TrainState st;
+    st.step = e.step;
+    st.data_rng = e.data_rng.s;
+    st.has_run_identity = true;
+    st.seed = opt.seed;
+    st.batch_size = opt.batch_size;
+    st.data_hash = ds.text_hash;
+    st.data_bytes = ds.text_bytes;
+    st.data_path = opt.data_path;
+    try {
+      save_training_checkpoint(opt.out_path, cfg, ds.tok, e.params.data(), e.m.data(), e.v.data(), st);
+    } catch (const std::exception& ex) {
+      throw std::runtime_error("saving step " + std::to_string(e.step) + " failed: " + ex.what() +
+                               "; the checkpoint on disk, if any, is left as it was");
+    }
     last_saved_step = e.step;
   }
 };
 
-void load_resume_state(const TrainOptions& opt, const Model& model, const Metadata& wmeta, Engine& e) {
-  const std::string opath = optim_state_path(opt.out_path);
-  if (!std::filesystem::exists(opath))
-    throw std::runtime_error("cannot resume: optimizer state '" + opath + "' does not exist");
-  SafetensorsFile f = read_safetensors(opath);
-  if (f.meta["format"] != "chargpt-optim")
-    throw std::runtime_error("'" + opath + "' is not a chargpt optimizer state file");
-  auto wstep = wmeta.find("step");
-  if (wstep == wmeta.end() || wstep->second != f.meta["step"])
-    throw std::runtime_error("cannot resume: '" + opt.out_path + "' and '" + opath +
-                             "' are from different steps (a save was interrupted?)");
-  if (f.meta["config"] != config_to_json(model.cfg))
-    throw std::runtime_error("cannot resume: '" + opath + "' belongs to a different model config");
-  const int64_t P = (int64_t)e.params.size();
-  std::memcpy(e.params.data(), model.params.data(), P * sizeof(float));
-  f.read_tensor("adamw.m", {P}, e.m.data());
-  f.read_tensor("adamw.v", {P}, e.v.data());
-  e.step = std::stoi(f.meta["step"]);
-  unsigned long long w[4];
-  if (std::sscanf(f.meta["data_rng"].c_str(), "%llx %llx %llx %llx", &w[0], &w[1], &w[2], &w[3]) != 4)
-    throw std::runtime_error("'" + opath + "': data_rng metadata is malformed");
-  for (int i = 0; i < 4; ++i) e.data_rng.s[i] = w[i];
+// The optimizer state that pairs with the resumed weights, and the checks that
+// the run continues with what it started with.
+void load_resume_state(const TrainOptions& opt, const Model& model, const Metadata& wmeta, const Dataset& ds,
+                       Engine& e) {
+  const TrainState st = load_optimizer_state(opt.out_path, model, wmeta, e.m.data(), e.v.data());
+  if (st.has_run_identity) {
+    const std::string from = "the run saved in '" + opt.out_path + "'";
+    if (st.seed != opt.seed)
+      throw std::runtime_error("cannot resume with --seed " + std::to_string(opt.seed) + ": " + from +
+                               " was started with --seed " + std::to_string(st.seed));
+    if (st.batch_size != opt.batch_size)
+      throw std::runtime_error("cannot resume with --batch-size " + std::to_string(opt.batch_size) + ": " + from +
+                               " was trained with --batch-size " + std::to_string(st.batch_size));
+    if (st.data_hash != ds.text_hash || st.data_bytes != ds.text_bytes)
+      throw std::runtime_error("cannot resume with --data '" + opt.data_path + "' (" +
+                               std::to_string(ds.text_bytes) + " bytes, fingerprint " + hex64(ds.text_hash) +
+                               "): " + from + " was trained on '" + st.data_path + "' (" +
+                               std::to_string(st.data_bytes) + " bytes, fingerprint " + hex64(st.data_hash) + ")");
+  }
+  std::memcpy(e.params.data(), model.params.data(), e.params.size() * sizeof(float));
+  e.step = st.step;
+  e.data_rng.s = st.data_rng;
 }
 
 std::string human_duration(double s) {
@@ -282,7 +277,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
                              std::to_string(cfg.block_size + 1) + " needed");
 
   Engine e(cfg, o.batch_size, o.shard_size, o.threads, o.seed);
-  if (o.resume) load_resume_state(o, resumed, wmeta, e);
+  if (o.resume) load_resume_state(o, resumed, wmeta, ds, e);
   else init_params(cfg, e.params.data(), o.seed);
   resumed.params = FloatBuffer();
 
@@ -293,7 +288,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     log.open(o.log_path, o.resume ? std::ios::app : std::ios::trunc);
     if (!log) throw std::runtime_error("cannot open log file '" + o.log_path + "'");
   }
-  Saver saver{o, cfg, ds.tok};
+  Saver saver{o, cfg, ds};
   const size_t tokens_per_step = (size_t)o.batch_size * cfg.block_size;
   if (!o.quiet) {
     char line[256];
