@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
+#include <unordered_set>
 
 namespace chargpt {
 
@@ -99,17 +100,12 @@ int Tokenizer::find(char32_t cp) const {
 std::vector<int32_t> Tokenizer::encode(std::u32string_view text) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size());
-  std::u32string missing;
-  std::vector<bool> seen;  // by code point, allocated at the first miss: linear time for any text
+  std::u32string missing;          // in order of appearance
+  std::unordered_set<char32_t> seen;  // the same: a linear-time test for any text
   for (char32_t cp : text) {
     const int id = find(cp);
     if (id < 0) {
-      if (seen.empty()) seen.resize(0x110000);
-      const bool is_new = cp < seen.size() ? !seen[cp] : missing.find(cp) == std::u32string::npos;
-      if (is_new) {
-        if (cp < seen.size()) seen[cp] = true;
-        missing.push_back(cp);
-      }
+      if (seen.insert(cp).second) missing.push_back(cp);
     } else {
       ids.push_back(id);
     }
