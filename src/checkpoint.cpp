@@ -26,6 +26,10 @@ static_assert(std::endian::native == std::endian::little, "safetensors data is l
 
 namespace {
 
+// The largest header accepted, as in the reference implementation (its
+// HeaderTooLarge): a JSON parse takes several times its text in memory.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
 // Checked size arithmetic: false on overflow.
 bool mul_ok(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
 bool add_ok(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_add_overflow(a, b, &out); }
@@ -200,6 +204,8 @@ SafetensorsFile parse_safetensors(std::string bytes, const std::string& path) {
   if (hlen > bytes.size() - 8)
     throw bad("header length " + std::to_string(hlen) + " exceeds the file size (" + std::to_string(bytes.size()) +
               " bytes)");
+  if (hlen > kMaxHeaderBytes)
+    throw bad("header length " + std::to_string(hlen) + " is over the limit of " + std::to_string(kMaxHeaderBytes));
   json header;
   try {
     header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + (ptrdiff_t)hlen);
@@ -283,8 +289,7 @@ Metadata read_safetensors_metadata(const std::string& path) {
   const uint64_t size = (uint64_t)st.st_size;
   uint64_t hlen = 0;
   if (size < 8 || !pread_all(fd, &hlen, 8, 0)) throw bad("shorter than its 8-byte header length");
-  constexpr uint64_t kMaxHeader = uint64_t(256) << 20;
-  if (hlen > size - 8 || hlen > kMaxHeader) throw bad("header length " + std::to_string(hlen) + " is not plausible");
+  if (hlen > size - 8 || hlen > kMaxHeaderBytes) throw bad("header length " + std::to_string(hlen) + " is not plausible");
   std::string h(hlen, '\0');
   if (!pread_all(fd, h.data(), hlen, 8)) throw bad("the header is truncated");
   json header;
