@@ -46,6 +46,7 @@ int cmd_eval(int argc, char** argv) {
   if (!parse_args(a, o, argc, argv)) return 0;
   check_threads_can_start(a.threads);
   Model m = load_model(a.checkpoint);
+  if (const std::string note = unverified_note(a.checkpoint, m); !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
   Dataset ds = load_dataset(a.data, &m.tok);
   EvalResult e = evaluate_split(m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads);
   if (a.json) {

@@ -98,6 +98,7 @@ int cmd_sample(int argc, char** argv) {
   check_threads_can_start(g.threads);
   const std::string& ckpt = a.checkpoint;
   Model m = load_model(ckpt);
+  if (const std::string note = unverified_note(ckpt, m); !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
   const Config& cfg = m.cfg;
   if (top_k > cfg.vocab_size)
     throw UsageError("--top-k " + std::to_string(top_k) + " is larger than the vocabulary (" +

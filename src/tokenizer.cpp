@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
+#include <unordered_set>
 
 namespace chargpt {
 
@@ -99,11 +100,12 @@ int Tokenizer::find(char32_t cp) const {
 std::vector<int32_t> Tokenizer::encode(std::u32string_view text) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size());
-  std::u32string missing;
+  std::u32string missing;          // in order of appearance
+  std::unordered_set<char32_t> seen;  // the same: a linear-time test for any text
   for (char32_t cp : text) {
     const int id = find(cp);
     if (id < 0) {
-      if (missing.find(cp) == std::u32string::npos) missing.push_back(cp);
+      if (seen.insert(cp).second) missing.push_back(cp);
     } else {
       ids.push_back(id);
     }
@@ -111,7 +113,10 @@ std::vector<int32_t> Tokenizer::encode(std::u32string_view text) const {
   if (!missing.empty()) {
     std::string msg = missing.size() == 1 ? "character not in the vocabulary: "
                                           : "characters not in the vocabulary: ";
-    for (size_t i = 0; i < missing.size(); ++i) msg += (i ? ", " : "") + describe_char(missing[i]);
+    // At most kShown of them, so that a foreign text gives one readable line.
+    constexpr size_t kShown = 20;
+    for (size_t i = 0; i < missing.size() && i < kShown; ++i) msg += (i ? ", " : "") + describe_char(missing[i]);
+    if (missing.size() > kShown) msg += " and " + std::to_string(missing.size() - kShown) + " more";
     throw std::runtime_error(msg);
   }
   return ids;

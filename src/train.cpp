@@ -19,6 +19,7 @@
 
 
 #include "chargpt/checkpoint.h"
+#include "chargpt/hash.h"
 #include "chargpt/memory.h"
 
 namespace chargpt {
@@ -27,13 +28,6 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-
-std::string optim_state_path(const std::string& weights_path) {
-  std::string base = weights_path;
-  const std::string ext = ".safetensors";
-  if (base.size() > ext.size() && base.ends_with(ext)) base.resize(base.size() - ext.size());
-  return base + ".optim.safetensors";
-}
 
 size_t peak_rss_bytes() {
   rusage ru{};
@@ -46,56 +40,57 @@ size_t peak_rss_bytes() {
 
 namespace {
 
+// Saves weights and optimizer state as a pair (checkpoint.h says how a kill
+// at any moment leaves a resumable pair).
 struct Saver {
   const TrainOptions& opt;
   const Config& cfg;
-  const Tokenizer& tok;
+  const Dataset& ds;
   int last_saved_step = -1;
 
   void save(const Engine& e) {
     if (e.step() == last_saved_step) return;  // e.g. a save-interval step that is also the last one
-    Metadata meta{{"step", std::to_string(e.step())}};
-    // Optimizer state first, weights last: the weights file names the step the
-    // state belongs to, and resume checks that the two agree.
-    Metadata ometa = meta;
-    ometa["format"] = "chargpt-optim";
-    ometa["version"] = kFormatVersion;
-    ometa["config"] = config_to_json(cfg);
-    char rng_state[4 * 17];  // read back by load_resume_state's sscanf
-    std::snprintf(rng_state, sizeof rng_state, "%016llx %016llx %016llx %016llx", (unsigned long long)e.data_rng().s[0],
-                  (unsigned long long)e.data_rng().s[1], (unsigned long long)e.data_rng().s[2],
-                  (unsigned long long)e.data_rng().s[3]);
-    ometa["data_rng"] = rng_state;
-    const int64_t P = (int64_t)e.num_params();
-    write_safetensors(optim_state_path(opt.out_path),
-                      {{"adamw.m", {P}, e.adam_m()}, {"adamw.v", {P}, e.adam_v()}}, ometa);
-    save_model(opt.out_path, cfg, tok, e.params(), meta);
+    TrainState st;
+    st.step = e.step();
+    st.data_rng = e.data_rng().s;
+    st.has_run_identity = true;
+    st.seed = opt.seed;
+    st.batch_size = opt.batch_size;
+    st.data_hash = ds.text_hash;
+    st.data_bytes = ds.text_bytes;
+    st.data_path = opt.data_path;
+    try {
+      save_training_checkpoint(opt.out_path, cfg, ds.tok, e.params(), e.adam_m(), e.adam_v(), st);
+    } catch (const std::exception& ex) {
+      throw std::runtime_error("saving step " + std::to_string(e.step()) + " failed: " + ex.what() +
+                               "; the checkpoint on disk, if any, is left as it was");
+    }
     last_saved_step = e.step();
   }
 };
 
-void load_resume_state(const TrainOptions& opt, const Model& model, const Metadata& wmeta, Engine& e) {
-  const std::string opath = optim_state_path(opt.out_path);
-  if (!std::filesystem::exists(opath))
-    throw std::runtime_error("cannot resume: optimizer state '" + opath + "' does not exist");
-  SafetensorsFile f = read_safetensors(opath);
-  if (f.meta["format"] != "chargpt-optim")
-    throw std::runtime_error("'" + opath + "' is not a chargpt optimizer state file");
-  auto wstep = wmeta.find("step");
-  if (wstep == wmeta.end() || wstep->second != f.meta["step"])
-    throw std::runtime_error("cannot resume: '" + opt.out_path + "' and '" + opath +
-                             "' are from different steps (a save was interrupted?)");
-  if (f.meta["config"] != config_to_json(model.cfg))
-    throw std::runtime_error("cannot resume: '" + opath + "' belongs to a different model config");
-  const int64_t P = (int64_t)e.num_params();
-  std::memcpy(e.params(), model.params.data(), P * sizeof(float));
-  f.read_tensor("adamw.m", {P}, e.adam_m());
-  f.read_tensor("adamw.v", {P}, e.adam_v());
-  e.set_step(std::stoi(f.meta["step"]));
-  unsigned long long w[4];
-  if (std::sscanf(f.meta["data_rng"].c_str(), "%llx %llx %llx %llx", &w[0], &w[1], &w[2], &w[3]) != 4)
-    throw std::runtime_error("'" + opath + "': data_rng metadata is malformed");
-  for (int i = 0; i < 4; ++i) e.data_rng().s[i] = w[i];
+// The optimizer state that pairs with the resumed weights, and the checks that
+// the run continues with what it started with.
+void load_resume_state(const TrainOptions& opt, const Model& model, const Metadata& wmeta, const Dataset& ds,
+                       Engine& e) {
+  const TrainState st = load_optimizer_state(opt.out_path, model, wmeta, e.adam_m(), e.adam_v());
+  if (st.has_run_identity) {
+    const std::string from = "the run saved in '" + opt.out_path + "'";
+    if (st.seed != opt.seed)
+      throw std::runtime_error("cannot resume with --seed " + std::to_string(opt.seed) + ": " + from +
+                               " was started with --seed " + std::to_string(st.seed));
+    if (st.batch_size != opt.batch_size)
+      throw std::runtime_error("cannot resume with --batch-size " + std::to_string(opt.batch_size) + ": " + from +
+                               " was trained with --batch-size " + std::to_string(st.batch_size));
+    if (st.data_hash != ds.text_hash || st.data_bytes != ds.text_bytes)
+      throw std::runtime_error("cannot resume with --data '" + opt.data_path + "' (" +
+                               std::to_string(ds.text_bytes) + " bytes, fingerprint " + hex64(ds.text_hash) +
+                               "): " + from + " was trained on '" + st.data_path + "' (" +
+                               std::to_string(st.data_bytes) + " bytes, fingerprint " + hex64(st.data_hash) + ")");
+  }
+  std::memcpy(e.params(), model.params.data(), e.num_params() * sizeof(float));
+  e.set_step(st.step);
+  e.data_rng().s = st.data_rng;
 }
 
 std::string human_duration(double s) {
@@ -237,7 +232,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
                       "lower --n-layer, --n-embd, --block-size, --batch-size or --shard-size");
   }
   Engine e(cfg, o.batch_size, o.shard_size, o.threads, o.seed, o.backend);
-  if (o.resume) load_resume_state(o, resumed, wmeta, e);
+  if (o.resume) load_resume_state(o, resumed, wmeta, ds, e);
   else init_params(cfg, e.params(), o.seed);
   e.weights_loaded();
   resumed.params = FloatBuffer();
@@ -245,7 +240,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
   const int decay_steps = o.lr_decay_steps > 0 ? o.lr_decay_steps : o.steps;
   const bool tty = !o.quiet && &out == &std::cout && isatty(STDOUT_FILENO);
   LogFile log(o.log_path, o.resume);
-  Saver saver{o, cfg, ds.tok};
+  Saver saver{o, cfg, ds};
   const size_t tokens_per_step = (size_t)o.batch_size * cfg.block_size;
   if (!o.quiet) {
     char line[256];

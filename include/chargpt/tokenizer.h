@@ -23,7 +23,8 @@ struct Tokenizer {
   static Tokenizer from_vocab(std::u32string vocab);  // checks sorted and unique
 
   int size() const { return (int)vocab.size(); }
-  // Throws std::runtime_error naming every distinct character not in the vocabulary.
+  // Throws std::runtime_error naming the distinct characters not in the vocabulary
+  // (the first 20 in order of appearance, then how many more).
   std::vector<int32_t> encode(std::u32string_view text) const;
   std::u32string decode_cps(const std::vector<int32_t>& ids) const;
   std::string decode(const std::vector<int32_t>& ids) const;

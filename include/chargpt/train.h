@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "chargpt/backend.h"
+#include "chargpt/checkpoint.h"
 #include "chargpt/engine.h"
 #include "chargpt/evaluate.h"
 #include "chargpt/model.h"
@@ -113,8 +114,6 @@ void for_each_train_option(O& o, V&& v) {
   v(o.log_interval, "log-interval", "steps between log lines", at_least(1));
 }
 
-// The optimizer-state file that sits beside a weights file.
-std::string optim_state_path(const std::string& weights_path);
 
 struct TrainResult {
   int steps = 0;          // total optimizer steps completed
