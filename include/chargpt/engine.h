@@ -46,6 +46,9 @@ class Engine {
  public:
   Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed,
          const BackendOptions& backend = {});
+  // With a backend made by the caller (tests: a backend over an emulated device).
+  Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed,
+         std::unique_ptr<Backend> backend);
 
   // One optimizer step on a freshly sampled training batch: the three phases
   // over all shards and chunks. Returns the batch mean loss; grad_norm receives
