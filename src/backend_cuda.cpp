@@ -1,8 +1,10 @@
-// The CUDA backend (--backend cuda): the device-generic backend of
-// backend_device.cpp on a CUDA device, every linear product through
-// cublasSgemm. Compiled only when CMake finds the toolkit with cuBLAS
-// (CHARGPT_CUDA=AUTO|ON); host code only, no kernels: the bias is broadcast
-// and the bias gradient summed by products with a vector of ones.
+// The CUDA device of the CUDA backend (--backend cuda): the device-generic
+// backend of backend_device.cpp runs on it, every linear product through
+// cublasSgemm. Built only when CMake finds the toolkit with cuBLAS
+// (CHARGPT_CUDA=AUTO|ON), as the module libchargpt_cuda.so that
+// backend_cuda_loader.cpp loads on demand (cuda_module.h); host code only, no
+// kernels: the bias is broadcast and the bias gradient summed by products with
+// a vector of ones.
 //
 // Every CUDA runtime and cuBLAS call is checked; a failure throws with the call
 // site (file:line and the call's text) and the library's error name and string.
@@ -14,8 +16,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "backend_impl.h"
-#include "chargpt/device_backend.h"
+#include "cuda_module.h"
 
 namespace chargpt {
 
@@ -155,17 +156,16 @@ int device_count(std::string* why) {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opt) {
-  if (opt.precision != Precision::fp32)
-    throw std::runtime_error(std::string("--precision ") + precision_name(opt.precision) +
-                             " is not supported by --backend cuda (it runs fp32, with --tf32 optionally)");
-  std::string why;
-  if (device_count(&why) == 0)
-    throw std::runtime_error("no CUDA device: " + why + " (--backend cuda needs an NVIDIA GPU and driver)");
-  return make_device_backend(std::make_unique<CudaDevice>(0, opt.tf32));
+}  // namespace chargpt
+
+using namespace chargpt;
+
+extern "C" __attribute__((visibility("default"))) Device* chargpt_cuda_open(bool tf32, std::string* why) {
+  if (device_count(why) == 0) return nullptr;
+  return new CudaDevice(0, tf32);
 }
 
-std::string cuda_info() {
+extern "C" __attribute__((visibility("default"))) void chargpt_cuda_info(std::string* out) {
   int rt = 0;
   std::string runtime = cudaRuntimeGetVersion(&rt) == cudaSuccess
                             ? std::to_string(rt / 1000) + "." + std::to_string(rt % 1000 / 10)
@@ -179,7 +179,10 @@ std::string cuda_info() {
   std::string s = "cuda: compiled in (runtime " + runtime + ", cuBLAS " + cublas + "); devices: ";
   std::string why;
   const int n = device_count(&why);
-  if (n == 0) return s + "none (" + why + ")";
+  if (n == 0) {
+    *out = s + "none (" + why + ")";
+    return;
+  }
   for (int d = 0; d < n; ++d) {
     cudaDeviceProp prop{};
     if (d) s += ", ";
@@ -193,7 +196,5 @@ std::string cuda_info() {
     s += std::to_string(d) + ": " + prop.name + " (" + mem + ", sm_" + std::to_string(prop.major) +
          std::to_string(prop.minor) + ")";
   }
-  return s;
+  *out = s;
 }
-
-}  // namespace chargpt

@@ -5,7 +5,8 @@
 // (the row-major mapping, the staging layout, the grow-only buffers, the bias
 // and bias-gradient products, the weight-upload schedule, accumulate) runs in
 // the tests against an emulated device that does the column-major products on
-// the CPU. backend_cuda.cpp supplies the real device (cudart + cuBLAS).
+// the CPU. backend_cuda.cpp supplies the real device (cudart + cuBLAS), in a
+// module loaded on first use (backend_cuda_loader.cpp).
 //
 // Threads: each worker thread that calls the backend gets its own DeviceLane (on
 // CUDA a stream and a cuBLAS handle) with its own pinned and device staging
