@@ -41,7 +41,11 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& opt) {
     case BackendKind::onednn:
       throw std::runtime_error("--backend onednn: this build has no oneDNN (configure with -DCHARGPT_ONEDNN=ON)");
     case BackendKind::cuda:
+#ifdef CHARGPT_HAVE_CUDA
+      return make_cuda_backend(opt);
+#else
       throw std::runtime_error("--backend cuda: this build has no CUDA (configure with -DCHARGPT_CUDA=ON)");
+#endif
   }
   throw std::logic_error("make_backend: unknown backend");
 }
@@ -53,7 +57,15 @@ Backend& cpu_backend() {
 
 std::string backend_info() {
   std::string s = "backends: openblas";
+#ifdef CHARGPT_HAVE_CUDA
+  s += ", cuda";
+#endif
   s += "\n" + openblas_info();
+#ifdef CHARGPT_HAVE_CUDA
+  s += "\n" + cuda_info();
+#else
+  s += "\ncuda: not compiled in (configure with -DCHARGPT_CUDA=ON)";
+#endif
   return s;
 }
 

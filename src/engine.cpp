@@ -23,9 +23,15 @@ static const Config& checked(const Config& cfg, int batch_size) {
   return cfg;
 }
 
+// The shapes are checked before the backend is made (so a bad shape is reported first).
+static std::unique_ptr<Backend> checked_backend(const Config& cfg, int batch_size, const BackendOptions& opt) {
+  checked(cfg, batch_size);
+  return make_backend(opt);
+}
+
 Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed,
                const BackendOptions& backend)
-    : Engine(checked(cfg, batch_size), batch_size, shard_size, threads, seed, make_backend(backend)) {}
+    : Engine(cfg, batch_size, shard_size, threads, seed, checked_backend(cfg, batch_size, backend)) {}
 
 Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed,
                std::unique_ptr<Backend> backend)
@@ -34,7 +40,7 @@ Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, u
       shard_size_(shard_size > 0 ? shard_size : default_shard_size(batch_size, cfg.block_size)),
       n_shards_((batch_size + shard_size_ - 1) / shard_size_),
       pool_(threads),
-      backend_(std::move(backend)),
+      backend_(backend ? std::move(backend) : throw std::invalid_argument("Engine: null backend")),
       acts_(cfg, shard_size_),
       data_rng_(seed) {
   const size_t P = chargpt::num_params(cfg_);

@@ -46,7 +46,7 @@ class Engine {
  public:
   Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed,
          const BackendOptions& backend = {});
-  // With a backend of the caller's (tests: a recording one). Binds it to the parameters.
+  // With a backend made by the caller (tests: a recording one, or one over an emulated device).
   Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed,
          std::unique_ptr<Backend> backend);
 
