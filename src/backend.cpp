@@ -39,7 +39,11 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& opt) {
                                  " needs --backend onednn (OpenBLAS runs fp32 only)");
       return make_openblas_backend(opt);
     case BackendKind::onednn:
+#ifdef CHARGPT_HAVE_ONEDNN
+      return make_onednn_backend(opt);
+#else
       throw std::runtime_error("--backend onednn: this build has no oneDNN (configure with -DCHARGPT_ONEDNN=ON)");
+#endif
     case BackendKind::cuda:
       throw std::runtime_error("--backend cuda: this build has no CUDA (configure with -DCHARGPT_CUDA=ON)");
   }
@@ -53,7 +57,13 @@ Backend& cpu_backend() {
 
 std::string backend_info() {
   std::string s = "backends: openblas";
+#ifdef CHARGPT_HAVE_ONEDNN
+  s += " onednn";
+#endif
   s += "\n" + openblas_info();
+#ifdef CHARGPT_HAVE_ONEDNN
+  s += "\n" + onednn_info();
+#endif
   return s;
 }
 
