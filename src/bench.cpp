@@ -133,8 +133,9 @@ std::vector<int> parse_thread_list(const std::string& spec, int hw) {
 
 // sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
 // sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
-static double measure_sgemm_rate(int threads, int n, int reps) {
-  Backend& be = cpu_backend();
+static double measure_sgemm_rate(const BackendOptions& bo, int threads, int n, int reps) {
+  const std::unique_ptr<Backend> backend = make_backend(bo);
+  Backend& be = *backend;
   const size_t nn = (size_t)n * n;
   struct Mats {
     FloatBuffer a, b, c;
@@ -301,7 +302,8 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       BenchRow& row = res.rows[k];
       row.threads = opt.threads[k];
       if (!engines[k]) {
-        engines[k] = std::make_unique<Engine>(cfg, opt.batch_size, opt.shard_size, row.threads, opt.seed);
+        engines[k] = std::make_unique<Engine>(cfg, opt.batch_size, opt.shard_size, row.threads, opt.seed,
+                                              opt.backend);
         init_params(cfg, engines[k]->params(), opt.seed);
         engines[k]->weights_loaded();
         res.n_shards = engines[k]->n_shards();
@@ -341,7 +343,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       // once more at the end; the best sample counts.
       if (round > 0)
         row.sgemm_flops_per_s =
-            std::max(row.sgemm_flops_per_s, measure_sgemm_rate(row.threads, opt.sgemm_n, opt.sgemm_reps));
+            std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps));
       if (progress) {
         char line[160];
         std::snprintf(line, sizeof line, "round %d/%d: %3d threads  %8.2f ms/step  loss %.4f\n", round + 1,
@@ -385,7 +387,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
     row.speedup = res.rows.front().median_s / row.median_s;
     row.efficiency = parallel_efficiency(row.speedup, row.threads, res.rows.front().threads);
     row.sgemm_flops_per_s =
-        std::max(row.sgemm_flops_per_s, measure_sgemm_rate(row.threads, opt.sgemm_n, opt.sgemm_reps));
+        std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps));
     row.mfu = row.model_flops_per_s / row.sgemm_flops_per_s;
     if (row.loss_last != res.rows.front().loss_last || row.loss_first != res.rows.front().loss_first)
       res.losses_identical = false;
@@ -420,8 +422,9 @@ void print_table(const BenchResult& r, std::ostream& out) {
   out << line;
   std::snprintf(line, sizeof line,
                 "%d hardware threads; %d rounds x %d timed steps per setting (+%d warmup), interleaved; "
-                "data %s; OpenBLAS kernels: %s\n",
-                r.hardware_threads, r.opt.rounds, r.opt.steps, r.opt.warmup, r.data_path.c_str(), r.blas_core.c_str());
+                "data %s; OpenBLAS kernels: %s; products: %s %s\n",
+                r.hardware_threads, r.opt.rounds, r.opt.steps, r.opt.warmup, r.data_path.c_str(), r.blas_core.c_str(),
+                backend_name(r.opt.backend.kind), precision_name(r.opt.backend.precision));
   out << line;
   if (r.load_before >= 0) {
     std::snprintf(line, sizeof line,
@@ -588,6 +591,8 @@ nlohmann::json bench_json(const BenchResult& r) {
                  {"losses_identical", r.losses_identical},
                  {"load_before", r.load_before},  {"load_after", r.load_after},
                  {"blas_core", r.blas_core},
+                 {"backend", backend_name(r.opt.backend.kind)},
+                 {"precision", precision_name(r.opt.backend.precision)},
                  {"peak_rss_note", "process high-water mark after the setting's first round; includes the engines "
                                    "of earlier settings"}};
   json sg = json::object();

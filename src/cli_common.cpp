@@ -65,6 +65,26 @@ void read_model_options(const cxxopts::ParseResult& r, Config& cfg, int& batch_s
   if (shard_size < 0) throw UsageError("--shard-size must be >= 0, got " + std::to_string(shard_size));
 }
 
+void add_backend_options(cxxopts::Options& o) {
+  o.add_options("Backend")
+      ("backend", "where the matrix products run: openblas, onednn or cuda (default: openblas for fp32, onednn "
+                  "for bf16)", cxxopts::value<std::string>())
+      ("precision", "matrix products in fp32, or bf16 (onednn on AMX: fp32 weights, bf16 product inputs, fp32 "
+                    "sums)", cxxopts::value<std::string>()->default_value("fp32"));
+}
+
+BackendOptions read_backend_options(const cxxopts::ParseResult& r) {
+  BackendOptions b;
+  try {
+    b.precision = parse_precision(r["precision"].as<std::string>());
+    if (r.count("backend")) b.kind = parse_backend(r["backend"].as<std::string>());
+    else if (b.precision == Precision::bf16) b.kind = BackendKind::onednn;
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--") + e.what());
+  }
+  return b;
+}
+
 cxxopts::ParseResult parse_options(cxxopts::Options& o, int argc, char** argv) {
   try {
     auto r = o.parse(argc, argv);

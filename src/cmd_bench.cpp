@@ -20,6 +20,7 @@ int cmd_bench(int argc, char** argv) {
                      "init), rounds interleaved, median and scaled MAD per count, speedup, efficiency, MFU against "
                      "the measured sgemm rate, the phase split and an Amdahl fit.");
   add_model_options(o);
+  add_backend_options(o);
   o.add_options("Bench")
       ("data", "training text (UTF-8)", cxxopts::value<std::string>()->default_value(TrainOptions{}.data_path))
       ("threads", "thread counts: a comma list like 1,2,3, or 'all' = 1, 2, 4, ... up to the hardware threads "
@@ -56,6 +57,7 @@ int cmd_bench(int argc, char** argv) {
   b.lr = r["lr"].as<float>();
   if (!(b.lr > 0)) throw UsageError("--lr must be a positive number");
   b.seed = r["seed"].as<uint64_t>();
+  b.backend = read_backend_options(r);
   b.threads = parse_thread_list(r["threads"].as<std::string>(), tbb::info::default_concurrency());
   const bool as_json = r.count("json") > 0;
 

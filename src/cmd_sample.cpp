@@ -57,6 +57,7 @@ int cmd_sample(int argc, char** argv) {
       ("no-kv-cache", "recompute the whole context window with the batched forward for every token (baseline)")
       ("json", "print one JSON object at the end (text and timings) instead of streaming")
       ("h,help", "show this help");
+  add_backend_options(o);
   const cxxopts::ParseResult r = parse_options(o, argc, argv);
   if (wants_help(o, r)) return 0;
 
@@ -118,6 +119,10 @@ int cmd_sample(int argc, char** argv) {
   g.kv_cache = r.count("no-kv-cache") == 0;
   g.threads = threads;
   g.keep = keep;
+  std::unique_ptr<Backend> be = make_backend(read_backend_options(r));
+  be->bind_weights(m.params.data(), m.params.size());
+  be->weights_changed(0, m.params.size());
+  g.backend = be.get();
   const bool json_out = r.count("json") > 0;
 
   std::string text = utf8_encode(prompt_cps);

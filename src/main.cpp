@@ -38,6 +38,7 @@ int cmd_train(int argc, char** argv) {
     return std::string(buf);
   };
   add_model_options(o);
+  add_backend_options(o);
   o.add_options("Training")
       ("data", "training text (UTF-8)", cxxopts::value<std::string>()->default_value(d.data_path))
       ("out", "checkpoint to write (safetensors; optimizer state beside it as *.optim.safetensors)",
@@ -89,6 +90,7 @@ int cmd_train(int argc, char** argv) {
   t.threads = r["threads"].as<int>();
   if (r.count("log")) t.log_path = r["log"].as<std::string>();
   t.log_interval = r["log-interval"].as<int>();
+  t.backend = read_backend_options(r);
   std::signal(SIGINT, on_sigint);
   TrainResult res = train(t, std::cout);
   return res.interrupted ? 130 : 0;
@@ -105,8 +107,10 @@ int cmd_eval(int argc, char** argv) {
       ("threads", "worker threads (0 = all)", cxxopts::value<int>()->default_value("0"))
       ("json", "print one JSON object")
       ("h,help", "show this help");
+  add_backend_options(o);
   auto r = parse_options(o, argc, argv);
   if (wants_help(o, r)) return 0;
+  const BackendOptions bo = read_backend_options(r);
   const std::string split = r["split"].as<std::string>();
   if (split != "val" && split != "train") throw UsageError("--split '" + split + "' must be val or train");
   const int threads = r["threads"].as<int>();
@@ -114,7 +118,11 @@ int cmd_eval(int argc, char** argv) {
   const std::string ckpt = r["checkpoint"].as<std::string>();
   Model m = load_model(ckpt);
   Dataset ds = load_dataset(r["data"].as<std::string>(), &m.tok);
-  EvalResult e = evaluate_split(m.cfg, m.params.data(), split == "val" ? ds.val : ds.train, threads);
+  std::unique_ptr<Backend> be = make_backend(bo);
+  be->bind_weights(m.params.data(), m.params.size());
+  be->weights_changed(0, m.params.size());
+  EvalResult e = evaluate_split(m.cfg, m.params.data(), split == "val" ? ds.val : ds.train, threads,
+                                /*windows_per_task=*/8, be.get());
   if (r.count("json")) {
     std::cout << nlohmann::json{{"checkpoint", ckpt}, {"split", split}, {"loss", e.loss}, {"tokens", e.tokens}}.dump()
               << "\n";

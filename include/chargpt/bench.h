@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chargpt/backend.h"
 #include "chargpt/model.h"
 
 namespace chargpt {
@@ -93,6 +94,7 @@ struct BenchOptions {
   int loss_tail = 5;     // the end loss is the mean of this many last step losses
   int sgemm_n = 1024;    // square sgemm size for the FLOP-rate measurement
   int sgemm_reps = 5;    // best of
+  BackendOptions backend;  // the engines' backend; MFU is against its own product rate
 };
 
 struct BenchRow {

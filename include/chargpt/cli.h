@@ -5,6 +5,7 @@
 
 #include <cxxopts.hpp>
 
+#include "chargpt/backend.h"
 #include "chargpt/model.h"
 
 namespace chargpt {
@@ -17,6 +18,10 @@ struct UsageError : std::runtime_error {
 // --shard-size), added to a subcommand's options and read back, checked.
 void add_model_options(cxxopts::Options& o);
 void read_model_options(const cxxopts::ParseResult& r, Config& cfg, int& batch_size, int& shard_size);
+
+// --backend openblas|onednn|cuda and --precision fp32|bf16 (bf16 without --backend: onednn).
+void add_backend_options(cxxopts::Options& o);
+BackendOptions read_backend_options(const cxxopts::ParseResult& r);
 
 // Parses argv, turning cxxopts' errors and stray arguments into UsageError.
 cxxopts::ParseResult parse_options(cxxopts::Options& o, int argc, char** argv);
