@@ -341,6 +341,8 @@ std::string onednn_info() {
   std::string s = "onednn: " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
                   std::to_string(v->patch) + " (isa " + isa_name(dnnl::get_effective_cpu_isa()) + ", cpu amx_bf16 " +
                   (cpu_has_amx_bf16() ? "yes" : "no") + ")";
+  if (cpu_has_amx_bf16() && onednn_can_use_amx())
+    s += "\nonednn bf16 matmul: " + onednn_impl_name(Precision::bf16, 128, 384, 128);
   return s;
 }
 

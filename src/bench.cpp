@@ -466,7 +466,8 @@ void print_table(const BenchResult& r, std::ostream& out) {
   out << "ms/step: median over all timed steps, (MAD) = 1.4826 x median absolute deviation (spread of one step).\n";
   out << "MFU: model FLOPs per step (" << fmt("%.3g", r.flops_per_step)
       << ") / median step time / sgemm rate at the same thread count (threads independent single-threaded "
-      << r.opt.sgemm_n << "^3 OpenBLAS sgemm calls at once, best of " << r.opt.sgemm_reps
+      << r.opt.sgemm_n << "^3 products at once on the engines' backend, " << backend_name(r.opt.backend.kind) << " "
+      << precision_name(r.opt.backend.precision) << ", best of " << r.opt.sgemm_reps
       << " reps, sampled after every round but the first and at the end; the best sample counts).\n";
   out << "round medians (ms), to show drift:";
   for (const auto& row : r.rows) {

@@ -434,3 +434,12 @@ TEST_CASE("cli: --backend and --precision on train, eval, sample and bench") {
   CHECK(r.status == 1);
   CHECK(r.output.find("oneDNN cannot use it") != std::string::npos);
 }
+
+TEST_CASE("onednn: backend_info names oneDNN, its ISA and the AMX kernel bf16 products run on") {
+  if (!backend_or_skip(kBf16)) return;
+  const std::string info = backend_info();
+  MESSAGE(info);
+  CHECK(info.find("onednn: ") != std::string::npos);
+  CHECK(info.find("isa avx512_core_amx") != std::string::npos);
+  CHECK(info.find("onednn bf16 matmul: brg:avx512_core_amx_bf16") != std::string::npos);
+}
