@@ -241,7 +241,9 @@ class OneDnnBackend final : public Backend {
       return;
     }
     // Convert the stored rectangles (as the linear ops convert their inputs), keep the strides.
-    const size_t na = (size_t)(trans_a ? K : M) * lda, nb = (size_t)(trans_b ? N : K) * ldb;
+    // Rows of A and B as stored (the last row need not be padded to the stride).
+    const size_t na = (size_t)((trans_a ? K : M) - 1) * lda + (trans_a ? M : K),
+                 nb = (size_t)((trans_b ? N : K) - 1) * ldb + (trans_b ? K : N);
     to_bf16(grow(L.a16, na), A, na);
     to_bf16(grow(L.b16, nb), B, nb);
     run(L, k, L.a16.data(), L.b16.data(), nullptr, C);

@@ -443,3 +443,67 @@ TEST_CASE("onednn: backend_info names oneDNN, its ISA and the AMX kernel bf16 pr
   CHECK(info.find("isa avx512_core_amx") != std::string::npos);
   CHECK(info.find("onednn bf16 matmul: brg:avx512_core_amx_bf16") != std::string::npos);
 }
+
+TEST_CASE("onednn: the KV step's matvec in bf16 is within the bf16 bound and independent of the row split") {
+  auto be = backend_or_skip(kBf16);
+  if (!be) return;
+  Rng rng(5);
+  const int IC = 133, OC = 70;  // not multiples of 16
+  const VF w = randn(rng, (size_t)OC * IC, 0.3), x = randn(rng, IC), b = randn(rng, OC, 0.5);
+  Block blk(w, 37, rng);
+  be->bind_weights(blk.p.data(), blk.p.size());
+  be->weights_changed(0, blk.p.size());
+  VF whole(OC, NAN), split(OC, NAN);
+  be->matvec_forward(whole.data(), blk.w(), b.data(), x.data(), IC, 0, OC);
+  const int cuts[] = {0, 3, 17, 40, OC};
+  for (int i = 0; i + 1 < 5; ++i) be->matvec_forward(split.data(), blk.w(), b.data(), x.data(), IC, cuts[i], cuts[i + 1]);
+  CHECK(std::memcmp(whole.data(), split.data(), OC * 4) == 0);
+  VD ref(OC), rref(OC), S(OC);
+  ref::matmul_forward(ref.data(), to_d(x).data(), to_d(w).data(), to_d(b).data(), 1, IC, OC);
+  ref::matmul_forward(rref.data(), rounded_bf16(x).data(), rounded_bf16(w).data(), to_d(b).data(), 1, IC, OC);
+  ref::matmul_forward(S.data(), absd(x).data(), absd(w).data(), absd(b).data(), 1, IC, OC);
+  MESSAGE("matvec: relative error " << rel_err(whole, ref, S));
+  CHECK(worst(whole, ref, S, bf16_tol(IC)) <= 1);
+  CHECK(worst(whole, rref, S, rounded_tol(IC)) <= 1);
+  CHECK(rel_err(whole, ref, S) > 10 * fp32_tol(IC));
+}
+
+TEST_CASE("onednn: gemm (the bench's product rate) against the reference, transposes, strides and beta") {
+  for (const BackendOptions& bo : {kF32, kBf16}) {
+    auto be = backend_or_skip(bo);
+    if (!be) return;
+    const bool bf16 = bo.precision == Precision::bf16;
+    Rng rng(9);
+    const int M = 19, N = 23, K = 37;
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (float beta : {0.f, 1.f}) {
+          CAPTURE(ta);
+          CAPTURE(tb);
+          CAPTURE(beta);
+          const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
+          const VF A = randn(rng, (size_t)(ta ? K : M) * lda), B = randn(rng, (size_t)(tb ? N : K) * ldb),
+                   C0 = randn(rng, (size_t)M * ldc);
+          VF C = C0;
+          be->gemm(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+          VF got;
+          VD want, S;
+          for (int m = 0; m < M; ++m)
+            for (int n = 0; n < N; ++n) {
+              double acc = beta * C0[(size_t)m * ldc + n], s = std::fabs(acc);
+              for (int k = 0; k < K; ++k) {
+                const double a = A[ta ? (size_t)k * lda + m : (size_t)m * lda + k];
+                const double b = B[tb ? (size_t)n * ldb + k : (size_t)k * ldb + n];
+                acc += a * b;
+                s += std::fabs(a * b);
+              }
+              got.push_back(C[(size_t)m * ldc + n]);
+              want.push_back(acc);
+              S.push_back(s);
+            }
+          CHECK(worst(got, want, S, bf16 ? bf16_tol(K) : fp32_tol(K)) <= 1);
+          for (int m = 0; m < M; ++m)  // the padding between rows of C is left alone
+            CHECK(std::memcmp(&C[(size_t)m * ldc + N], &C0[(size_t)m * ldc + N], 2 * 4) == 0);
+        }
+  }
+}
