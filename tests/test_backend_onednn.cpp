@@ -427,6 +427,21 @@ TEST_CASE("cli: --backend and --precision on train, eval, sample and bench") {
   r = run_cli("bench --precision bf16 --threads 1 --steps 2 --warmup 1 --rounds 1 --sgemm-size 64 --json -q" + model);
   CHECK(r.status == 0);
   CHECK(r.output.find("\"precision\":\"bf16\"") != std::string::npos);
+  // Every product ran on AMX, with one OpenMP thread per worker (2 workers do not run 4 threads).
+  setenv("DNNL_VERBOSE", "1", 1);
+  r = run_cli("train --precision bf16 --steps 2 --eval-interval 0 --threads 2 --out " + dir / "v.safetensors" + model);
+  unsetenv("DNNL_VERBOSE");
+  CHECK(r.status == 0);
+  CHECK(r.output.find("runtime:OpenMP,nthr:1") != std::string::npos);
+  size_t execs = 0, amx = 0;
+  for (size_t at = r.output.find("onednn_verbose,exec"); at != std::string::npos;
+       at = r.output.find("onednn_verbose,exec", at + 1)) {
+    ++execs;
+    const size_t eol = r.output.find('\n', at);
+    amx += r.output.substr(at, eol - at).find(",brg:avx512_core_amx_bf16,") != std::string::npos;
+  }
+  CHECK(execs > 0);
+  CHECK(amx == execs);
   // A oneDNN limited below AMX (as on a CPU without it) refuses bf16 and says why.
   setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE_BF16", 1);
   r = run_cli("train --precision bf16 --steps 1 --out " + dir / "n.safetensors" + model);
