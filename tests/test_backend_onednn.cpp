@@ -62,7 +62,7 @@ std::unique_ptr<Backend> backend_or_skip(const BackendOptions& opt) {
   try {
     return make_backend(opt);
   } catch (const std::exception& e) {
-    MESSAGE("SKIPPED: " << e.what());
+    MESSAGE("SKIPPED: " << std::string(e.what()));
     return nullptr;
   }
 }
