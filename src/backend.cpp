@@ -39,7 +39,11 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& opt) {
                                  " needs --backend onednn (OpenBLAS runs fp32 only)");
       return make_openblas_backend(opt);
     case BackendKind::onednn:
+#ifdef CHARGPT_HAVE_ONEDNN
+      return make_onednn_backend(opt);
+#else
       throw std::runtime_error("--backend onednn: this build has no oneDNN (configure with -DCHARGPT_ONEDNN=ON)");
+#endif
     case BackendKind::cuda:
 #ifdef CHARGPT_HAVE_CUDA
       return make_cuda_backend(opt);
@@ -57,10 +61,18 @@ Backend& cpu_backend() {
 
 std::string backend_info() {
   std::string s = "backends: openblas";
+#ifdef CHARGPT_HAVE_ONEDNN
+  s += ", onednn";
+#endif
 #ifdef CHARGPT_HAVE_CUDA
   s += ", cuda";
 #endif
   s += "\n" + openblas_info();
+#ifdef CHARGPT_HAVE_ONEDNN
+  s += "\n" + onednn_info();
+#else
+  s += "\nonednn: not compiled in (configure with -DCHARGPT_ONEDNN=ON)";
+#endif
 #ifdef CHARGPT_HAVE_CUDA
   s += "\n" + cuda_info();
 #else

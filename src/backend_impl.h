@@ -1,5 +1,7 @@
 #pragma once
 // Factories of the backends (each in its own file, compiled in by a CMake option).
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -14,6 +16,16 @@ std::string openblas_info();                                                // b
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opt);  // backend_cuda.cpp
 // "cuda: compiled in (runtime X, cuBLAS Y); devices: ..." (the GPUs, or none and why).
 std::string cuda_info();  // backend_cuda.cpp
+#endif
+
+#ifdef CHARGPT_HAVE_ONEDNN
+std::unique_ptr<Backend> make_onednn_backend(const BackendOptions& opt);  // backend_onednn.cpp
+std::string onednn_info();  // version, the ISA oneDNN uses, whether the CPU has AMX-BF16
+// The implementation oneDNN picks for an M×N×K product in that precision (e.g. "brg:avx512_core_amx_bf16").
+std::string onednn_impl_name(Precision p, int M, int N, int K);
+bool cpu_has_amx_bf16();  // CPUID leaf 7: AMX-BF16 and AMX-TILE
+// fp32 -> bf16 bits, round to nearest even.
+void to_bf16(uint16_t* dst, const float* src, size_t n);
 #endif
 
 }  // namespace chargpt

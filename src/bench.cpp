@@ -40,8 +40,9 @@ std::vector<int> default_thread_counts(int hw) {
 
 // sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
 // sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
-static double measure_sgemm_rate(int threads, int n, int reps) {
-  Backend& be = cpu_backend();
+static double measure_sgemm_rate(const BackendOptions& bo, int threads, int n, int reps) {
+  const std::unique_ptr<Backend> backend = make_backend(bo);
+  Backend& be = *backend;
   const size_t nn = (size_t)n * n;
   struct Mats {
     FloatBuffer a, b, c;
@@ -217,7 +218,8 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       BenchRow& row = res.rows[k];
       row.threads = opt.threads[k];
       if (!engines[k]) {
-        engines[k] = std::make_unique<Engine>(cfg, opt.batch_size, opt.shard_size, row.threads, opt.seed);
+        engines[k] = std::make_unique<Engine>(cfg, opt.batch_size, opt.shard_size, row.threads, opt.seed,
+                                              opt.backend);
         init_params(cfg, engines[k]->params(), opt.seed);
         engines[k]->weights_loaded();
         res.n_shards = engines[k]->n_shards();
@@ -257,7 +259,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       // once more at the end; the best sample counts.
       if (round > 0)
         row.sgemm_flops_per_s =
-            std::max(row.sgemm_flops_per_s, measure_sgemm_rate(row.threads, opt.sgemm_n, opt.sgemm_reps));
+            std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps));
       if (progress) {
         char line[160];
         std::snprintf(line, sizeof line, "round %d/%d: %3d threads  %8.2f ms/step  loss %.4f\n", round + 1,
@@ -301,7 +303,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
     row.speedup = res.rows.front().median_s / row.median_s;
     row.efficiency = parallel_efficiency(row.speedup, row.threads, res.rows.front().threads);
     row.sgemm_flops_per_s =
-        std::max(row.sgemm_flops_per_s, measure_sgemm_rate(row.threads, opt.sgemm_n, opt.sgemm_reps));
+        std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps));
     row.mfu = row.model_flops_per_s / row.sgemm_flops_per_s;
     if (row.loss_last != res.rows.front().loss_last || row.loss_first != res.rows.front().loss_first)
       res.losses_identical = false;

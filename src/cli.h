@@ -9,6 +9,7 @@
 // the given ones back, and check them.
 #include <charconv>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include <cxxopts.hpp>
 
+#include "chargpt/backend.h"
 #include "chargpt/model.h"
 #include "chargpt/options.h"
 
@@ -145,6 +147,29 @@ bool parse_args(Args& args, cxxopts::Options& o, int argc, char** argv) {
   args.check();
   return true;
 }
+// --backend, --precision and --tf32 of train, eval, sample and bench.
+struct BackendArgs {
+  std::optional<std::string> backend;
+  std::string precision = "fp32";
+  bool tf32 = false;
+
+  template <class V>
+  void for_each(V&& v) {
+    v.group("Backend");
+    v(backend, "backend",
+      "where the matrix products run: openblas, onednn or cuda (default: openblas; onednn with --precision bf16)");
+    v(precision, "precision",
+      "fp32, or bf16 (onednn on a CPU with AMX: fp32 master weights, bf16 product inputs, fp32 sums and outputs)");
+    v(tf32, "tf32", "cuda only: allow TF32 tensor cores for fp32 products (off by default, so results stay "
+                    "comparable with the CPU's)");
+  }
+  // The choice, checked (UsageError naming the flag).
+  BackendOptions resolve() const;
+};
+
+// A backend of that choice, bound to a loaded model's parameters (eval, sample).
+std::unique_ptr<Backend> make_bound_backend(const BackendOptions& opt, const float* params, size_t n);
+
 // Checks that the threads can be started (a pids or process limit), so that
 // failing to start one is an error message, not oneTBB's abort in a worker.
 void check_threads_can_start(int threads);

@@ -119,4 +119,27 @@ void check_threads_can_start(int threads) {
                              "the way: lower --threads or raise the limit");
 }
 
+BackendOptions BackendArgs::resolve() const {
+  BackendOptions b;
+  try {
+    b.precision = parse_precision(precision);
+    if (backend) b.kind = parse_backend(*backend);
+    else if (b.precision == Precision::bf16) b.kind = BackendKind::onednn;
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--") + e.what());
+  }
+  if (tf32 && b.kind != BackendKind::cuda) throw UsageError("--tf32 applies to --backend cuda only");
+  if (b.kind == BackendKind::openblas && b.precision != Precision::fp32)
+    throw UsageError("--precision bf16 needs --backend onednn (OpenBLAS runs fp32 only)");
+  b.tf32 = tf32;
+  return b;
+}
+
+std::unique_ptr<Backend> make_bound_backend(const BackendOptions& opt, const float* params, size_t n) {
+  std::unique_ptr<Backend> be = make_backend(opt);
+  be->bind_weights(params, n);
+  be->weights_changed(0, n);
+  return be;
+}
+
 }  // namespace chargpt

@@ -72,8 +72,9 @@ void print_table(const BenchResult& r, std::ostream& out) {
   out << line;
   std::snprintf(line, sizeof line,
                 "%d hardware threads; %d rounds x %d timed steps per setting (+%d warmup), interleaved; "
-                "data %s; OpenBLAS kernels: %s\n",
-                r.hardware_threads, r.opt.rounds, r.opt.steps, r.opt.warmup, r.data_path.c_str(), r.blas_core.c_str());
+                "data %s; OpenBLAS kernels: %s; products: %s %s\n",
+                r.hardware_threads, r.opt.rounds, r.opt.steps, r.opt.warmup, r.data_path.c_str(), r.blas_core.c_str(),
+                backend_name(r.opt.backend.kind), precision_name(r.opt.backend.precision));
   out << line;
   if (r.load_before >= 0) {
     std::snprintf(line, sizeof line,
@@ -115,7 +116,8 @@ void print_table(const BenchResult& r, std::ostream& out) {
   out << "ms/step: median over all timed steps, (MAD) = 1.4826 x median absolute deviation (spread of one step).\n";
   out << "MFU: model FLOPs per step (" << fmt("%.3g", r.flops_per_step)
       << ") / median step time / sgemm rate at the same thread count (threads independent single-threaded "
-      << r.opt.sgemm_n << "^3 OpenBLAS sgemm calls at once, best of " << r.opt.sgemm_reps
+      << r.opt.sgemm_n << "^3 products at once on the engines' backend, " << backend_name(r.opt.backend.kind) << " "
+      << precision_name(r.opt.backend.precision) << ", best of " << r.opt.sgemm_reps
       << " reps, sampled after every round but the first and at the end; the best sample counts).\n";
   out << "round medians (ms), to show drift:";
   for (const auto& row : r.rows) {
@@ -240,6 +242,8 @@ nlohmann::json bench_json(const BenchResult& r) {
                  {"losses_identical", r.losses_identical},
                  {"load_before", r.load_before},  {"load_after", r.load_after},
                  {"blas_core", r.blas_core},
+                 {"backend", backend_name(r.opt.backend.kind)},
+                 {"precision", precision_name(r.opt.backend.precision)},
                  {"peak_rss_note", "process high-water mark after the setting's first round; includes the engines "
                                    "of earlier settings"}};
   json sg = json::object();
@@ -309,6 +313,7 @@ struct BenchArgs {
   std::string data = kDefaultDataPath;
   std::string threads = "all";
   std::optional<std::string> csv;
+  BackendArgs backend;
   bool json = false, quiet = false, help = false;
 
   template <class V>
@@ -327,6 +332,7 @@ struct BenchArgs {
       "also write the table as CSV to this file (a regular file or none; checked before the run, replaced after it)");
     v(json, "json", "print one JSON object on stdout (the table goes to stderr)");
     v(quiet, "q,quiet", "no per-round progress on stderr");
+    backend.for_each(v);
     v(help, "h,help", "show this help");
   }
   void check() const {
@@ -346,6 +352,7 @@ int cmd_bench(int argc, char** argv) {
   BenchArgs a;
   if (!parse_args(a, o, argc, argv)) return 0;
   BenchOptions& b = a.b;
+  b.backend = a.backend.resolve();
   b.threads = parse_thread_list(a.threads, tbb::info::default_concurrency());
   check_threads_can_start(b.threads.back());
 

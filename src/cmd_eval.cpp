@@ -20,6 +20,7 @@ struct EvalArgs {
   std::string data = kDefaultDataPath;
   std::string split = "val";
   int threads = 0;
+  BackendArgs backend;
   bool json = false, help = false;
 
   template <class V>
@@ -29,6 +30,7 @@ struct EvalArgs {
     v(split, "split", "val or train");
     v(threads, "threads", kThreadsHelp, kThreadLimits);
     v(json, "json", "print one JSON object");
+    backend.for_each(v);
     v(help, "h,help", "show this help");
   }
   void check() const {
@@ -44,11 +46,14 @@ int cmd_eval(int argc, char** argv) {
                      "2T, ... so each target is counted once.");
   EvalArgs a;
   if (!parse_args(a, o, argc, argv)) return 0;
+  const BackendOptions bo = a.backend.resolve();
   check_threads_can_start(a.threads);
   Model m = load_model(a.checkpoint);
   if (const std::string note = unverified_note(a.checkpoint, m); !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
   Dataset ds = load_dataset(a.data, &m.tok);
-  EvalResult e = evaluate_split(m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads);
+  const std::unique_ptr<Backend> be = make_bound_backend(bo, m.params.data(), m.params.size());
+  EvalResult e = evaluate_split(m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads,
+                                /*windows_per_task=*/8, be.get());
   if (a.json) {
     std::cout << nlohmann::json{{"checkpoint", a.checkpoint}, {"split", a.split}, {"loss", e.loss},
                                 {"tokens", e.tokens}}.dump()

@@ -34,6 +34,7 @@ struct SampleArgs {
   Sampler sampler;    // temperature, top-k, top-p
   uint64_t seed = kDefaultSeed;
   GenerateOptions g;  // tokens, threads, keep
+  BackendArgs backend;
   bool no_kv_cache = false, json = false, help = false;
 
   template <class V>
@@ -55,6 +56,7 @@ struct SampleArgs {
       at_least(0));
     v(no_kv_cache, "no-kv-cache", "recompute the whole context window with the batched forward for every token (baseline)");
     v(json, "json", "print one JSON object at the end (text and timings) instead of streaming");
+    backend.for_each(v);
     v(help, "h,help", "show this help");
   }
   void check() const {
@@ -74,6 +76,7 @@ int cmd_sample(int argc, char** argv) {
   if (!parse_args(a, o, argc, argv)) return 0;
   GenerateOptions& g = a.g;
   g.kv_cache = !a.no_kv_cache;
+  const BackendOptions bo = a.backend.resolve();
   const int top_k = a.sampler.top_k, keep = g.keep;
 
   // The prompt's text, before the (slow) checkpoint load, so its problems show at once.
@@ -119,6 +122,8 @@ int cmd_sample(int argc, char** argv) {
                         4.0 * m.params.size(),
                     "lower --tokens");
   Sampler sampler(a.sampler.temperature, top_k, a.sampler.top_p, a.seed);
+  const std::unique_ptr<Backend> backend = make_bound_backend(bo, m.params.data(), m.params.size());
+  g.backend = backend.get();
   const bool json_out = a.json;
 
   std::string text = utf8_encode(prompt_cps);

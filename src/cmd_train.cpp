@@ -14,6 +14,7 @@ namespace {
 struct TrainArgs {
   TrainOptions t;
   PresetFlag preset{kDefaultPreset.name, &t.model, &t.batch_size};
+  BackendArgs backend;
   bool help = false;
 
   template <class V>
@@ -24,6 +25,7 @@ struct TrainArgs {
     for_each_shard_option(t, v);
     v.group("Training");
     for_each_train_option(t, v);
+    backend.for_each(v);
     v(help, "h,help", "show this help");
   }
   void check() const {
@@ -46,6 +48,7 @@ int cmd_train(int argc, char** argv) {
   TrainArgs a;
   if (!parse_args(a, o, argc, argv)) return 0;
   TrainOptions& t = a.t;
+  t.backend = a.backend.resolve();
   t.should_stop = [] { return stop_signal() != 0; };
   check_threads_can_start(t.threads);
   const TrainResult res = train(t, std::cout);

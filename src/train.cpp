@@ -245,9 +245,10 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
   if (!o.quiet) {
     char line[256];
     std::snprintf(line, sizeof line,
-                  "chargpt train: %zu parameters (L=%d H=%d C=%d T=%d V=%d), batch %d = %d shards of %d, %d threads%s\n",
+                  "chargpt train: %zu parameters (L=%d H=%d C=%d T=%d V=%d), batch %d = %d shards of %d, %d threads, %s%s\n",
                   e.num_params(), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size,
-                  o.batch_size, e.n_shards(), e.shard_size(), e.threads(), o.resume ? ", resumed" : "");
+                  o.batch_size, e.n_shards(), e.shard_size(), e.threads(), e.backend().name().c_str(),
+                  o.resume ? ", resumed" : "");
     out << line;
     std::snprintf(line, sizeof line, "data: %s (%zu train / %zu val tokens); steps %d -> %d\n", o.data_path.c_str(),
                   ds.train.size(), ds.val.size(), e.step(), o.steps);

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "chargpt/backend.h"
 #include "chargpt/bench_stats.h"
 #include "chargpt/model.h"
 #include "chargpt/options.h"
@@ -50,6 +51,7 @@ struct BenchOptions {
   int loss_tail = 5;     // the end loss is the mean of this many last step losses
   int sgemm_n = 1024;    // square sgemm size for the FLOP-rate measurement
   int sgemm_reps = 5;    // best of
+  BackendOptions backend;  // the engines' backend; MFU is against its own product rate
 };
 
 // The option table of the bench's own settings (see options.h); the model shape
