@@ -4,6 +4,7 @@
 #include <string>
 
 #include "backend_impl.h"
+#include "chargpt/dist.h"
 
 namespace chargpt {
 
@@ -54,6 +55,7 @@ Backend& cpu_backend() {
 std::string backend_info() {
   std::string s = "backends: openblas";
   s += "\n" + openblas_info();
+  s += "\n" + dist::mpi_info();
   return s;
 }
 

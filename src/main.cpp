@@ -16,6 +16,7 @@
 #include "chargpt/checkpoint.h"
 #include "chargpt/cli.h"
 #include "chargpt/data.h"
+#include "chargpt/dist.h"
 #include "chargpt/train.h"
 
 using namespace chargpt;
@@ -90,6 +91,8 @@ int cmd_train(int argc, char** argv) {
   if (r.count("log")) t.log_path = r["log"].as<std::string>();
   t.log_interval = r["log-interval"].as<int>();
   std::signal(SIGINT, on_sigint);
+  // mpirun turns Ctrl-C into SIGTERM for every rank (dist.h): stop at the end of the step the same way.
+  if (dist::launched_by_mpirun()) std::signal(SIGTERM, on_sigint);
   TrainResult res = train(t, std::cout);
   return res.interrupted ? 130 : 0;
 }
@@ -114,7 +117,9 @@ int cmd_eval(int argc, char** argv) {
   const std::string ckpt = r["checkpoint"].as<std::string>();
   Model m = load_model(ckpt);
   Dataset ds = load_dataset(r["data"].as<std::string>(), &m.tok);
-  EvalResult e = evaluate_split(m.cfg, m.params.data(), split == "val" ? ds.val : ds.train, threads);
+  // Under mpirun the windows are split across the ranks; rank 0 prints.
+  EvalResult e = dist::evaluate_split(m.cfg, m.params.data(), split == "val" ? ds.val : ds.train, threads);
+  if (!dist::is_root()) return 0;
   if (r.count("json")) {
     std::cout << nlohmann::json{{"checkpoint", ckpt}, {"split", split}, {"loss", e.loss}, {"tokens", e.tokens}}.dump()
               << "\n";
@@ -140,6 +145,7 @@ int main(int argc, char** argv) {
   // BLAS settings are read when the library loads: re-execute once with them set
   // (returns only on failure: then carry on as we are).
   if (configure_blas_environment()) execv("/proc/self/exe", argv);
+  dist::Session mpi(&argc, &argv);  // MPI_Init under mpirun (dist.h); a no-op otherwise
   if (argc < 2) {
     usage(stderr);
     return 2;
@@ -159,9 +165,11 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const UsageError& e) {
     std::fprintf(stderr, "chargpt %s: %s (see chargpt %s --help)\n", cmd.c_str(), e.what(), cmd.c_str());
+    mpi.failed(2);  // under mpirun: a failure of this rank alone ends the whole job
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "chargpt %s: error: %s\n", cmd.c_str(), e.what());
+    mpi.failed(1);
     return 1;
   }
 }
