@@ -101,6 +101,8 @@ bool mpi_tests_run() {
   if (dist::compiled_in()) return true;
   MESSAGE("SKIPPED: MPI is not compiled in (configure with -DCHARGPT_MPI=ON and Open MPI installed): "
           "the mpirun tests did not run");
+  CHECK(dist::mpi_info().find("not compiled in") != std::string::npos);
+  CHECK(dist::size() == 1);
   return false;
 }
 
@@ -345,4 +347,24 @@ TEST_CASE("mpi: Ctrl-C on mpirun stops every rank at the same step with one chec
   CHECK(std::stoi(meta["step"]) > 0);
   CHECK(log.find("interrupted: saved step " + meta["step"] + " to") != std::string::npos);
   CHECK(fs::exists(optim_state_path(out)));
+}
+
+TEST_CASE("dist: a build without MPI launched as several ranks refuses to train instead of training copies") {
+  if (dist::compiled_in()) {
+    MESSAGE("SKIPPED: this build has MPI; the refusal is for builds without it");
+    CHECK(dist::mpi_info().find("(compiled in)") != std::string::npos);
+    return;
+  }
+  TempDir dir("nompi");
+  const std::string corpus = write_corpus(dir);
+  // What mpirun would set for rank 1 of 2.
+  auto r = test::run_cli("train --data " + corpus + kTiny + " --steps 2 --eval-interval 0 --out " +
+                         (dir / "x.safetensors"));
+  CHECK(r.status == 0);  // without the variables: an ordinary run
+  r = run_shell("OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=1 " + std::string(CHARGPT_BINARY) + " train --data " +
+                corpus + kTiny + " --steps 2 --eval-interval 0 --out " + (dir / "y.safetensors"));
+  CHECK(r.status == 1);
+  CHECK(r.output.find("this build of chargpt has no MPI") != std::string::npos);
+  CHECK(r.output.find("cannot train as 2 ranks under mpirun") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "y.safetensors"));
 }
