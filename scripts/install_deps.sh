@@ -2,7 +2,8 @@
 # Installs the system packages chargpt builds with, on Debian 12 (bookworm).
 # Runs `apt-get update` once, and only when something is missing.
 set -euo pipefail
-pkgs=(build-essential cmake libtbb-dev libopenblas-dev libcxxopts-dev doctest-dev nlohmann-json3-dev libdnnl-dev)
+pkgs=(build-essential cmake libtbb-dev libopenblas-dev libcxxopts-dev doctest-dev nlohmann-json3-dev libdnnl-dev
+      openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

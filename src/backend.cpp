@@ -4,6 +4,7 @@
 #include <string>
 
 #include "backend_impl.h"
+#include "chargpt/dist.h"
 
 namespace chargpt {
 
@@ -78,6 +79,7 @@ std::string backend_info() {
 #else
   s += "\ncuda: not compiled in (configure with -DCHARGPT_CUDA=ON)";
 #endif
+  s += "\n" + dist::mpi_info();
   return s;
 }
 

@@ -8,6 +8,7 @@
 
 #include "chargpt/checkpoint.h"
 #include "chargpt/data.h"
+#include "chargpt/dist.h"
 #include "chargpt/train.h"
 #include "cli.h"
 
@@ -52,8 +53,9 @@ int cmd_eval(int argc, char** argv) {
   if (const std::string note = unverified_note(a.checkpoint, m); !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
   Dataset ds = load_dataset(a.data, &m.tok);
   const std::unique_ptr<Backend> be = make_bound_backend(bo, m.params.data(), m.params.size());
-  EvalResult e = evaluate_split(m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads,
-                                /*windows_per_task=*/8, be.get());
+  // Under mpirun the windows are split across the ranks; rank 0 prints.
+  EvalResult e = dist::evaluate_split(m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads, be.get());
+  if (!dist::is_root()) return 0;
   if (a.json) {
     std::cout << nlohmann::json{{"checkpoint", a.checkpoint}, {"split", a.split}, {"loss", e.loss},
                                 {"tokens", e.tokens}}.dump()

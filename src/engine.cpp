@@ -158,26 +158,33 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
 
 double Engine::estimate_loss(const std::vector<int32_t>& split, int iters, uint64_t seed) {
   if (iters <= 0) return NAN;
+  const size_t tasks = (size_t)iters * n_shards_;
+  if (eval_sums_.size() < tasks) eval_sums_.resize(tasks);
+  estimate_loss_tasks(split, iters, seed, 0, tasks, eval_sums_.data());
+  double total = 0;
+  for (size_t k = 0; k < tasks; ++k) total += eval_sums_[k];
+  return total / ((double)iters * batch_size_ * cfg_.block_size);
+}
+
+void Engine::estimate_loss_tasks(const std::vector<int32_t>& split, int iters, uint64_t seed, size_t k0, size_t k1,
+                                 double* sums) {
   const int T = cfg_.block_size;
   Rng rng(seed);
   // All iters batches at once, so that every (batch, shard) is a task; the
   // buffers are the engine's, grown on the first call and reused after.
-  const size_t tokens = (size_t)iters * batch_size_ * T, tasks = (size_t)iters * n_shards_;
+  const size_t tokens = (size_t)iters * batch_size_ * T;
   if (eval_inputs_.size() < tokens) eval_inputs_.resize(tokens), eval_targets_.resize(tokens);
-  if (eval_sums_.size() < tasks) eval_sums_.resize(tasks);
   for (int i = 0; i < iters; ++i)
     sample_batch(split, batch_size_, T, rng, eval_inputs_.data() + (size_t)i * batch_size_ * T,
                  eval_targets_.data() + (size_t)i * batch_size_ * T);
-  pool_.for_each(tasks, [&](size_t k) {
+  pool_.for_each(k1 - k0, [&](size_t i) {
+    const size_t k = k0 + i;
     const int it = (int)k / n_shards_, s = (int)k % n_shards_;
     const int n0 = s * shard_size_, n = std::min(shard_size_, batch_size_ - n0);
     const size_t off = ((size_t)it * batch_size_ + n0) * T;
-    eval_sums_[k] = gpt_forward(*backend_, cfg_, param_view_, acts_.local(), eval_inputs_.data() + off,
-                                eval_targets_.data() + off, n, T);
+    sums[i] = gpt_forward(*backend_, cfg_, param_view_, acts_.local(), eval_inputs_.data() + off,
+                          eval_targets_.data() + off, n, T);
   });
-  double total = 0;
-  for (size_t k = 0; k < tasks; ++k) total += eval_sums_[k];
-  return total / ((double)iters * batch_size_ * T);
 }
 
 size_t Engine::bytes_allocated() const {

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "chargpt/backend.h"
+#include "chargpt/dist.h"
 #include "cli.h"
 
 using namespace chargpt;
@@ -83,6 +84,7 @@ int main(int argc, char** argv) {
   // (returns only on failure: then carry on as we are).
   if (configure_blas_environment()) execv("/proc/self/exe", argv);
   std::set_terminate(on_terminate);
+  dist::Session mpi(&argc, &argv);  // MPI_Init under mpirun (dist.h); a no-op otherwise
   if (argc < 2) {
     usage(stderr);
     return 2;
@@ -106,9 +108,11 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const UsageError& e) {
     std::fprintf(stderr, "chargpt %s: %s (see chargpt %s --help)\n", cmd.c_str(), e.what(), cmd.c_str());
+    mpi.failed(2);  // under mpirun: a failure of this rank alone ends the whole job
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "chargpt %s: error: %s\n", cmd.c_str(), e.what());
+    mpi.failed(1);
     return 1;
   }
 }

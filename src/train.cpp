@@ -21,6 +21,7 @@
 #include "chargpt/checkpoint.h"
 #include "chargpt/hash.h"
 #include "chargpt/memory.h"
+#include "chargpt/dist.h"
 
 namespace chargpt {
 
@@ -198,7 +199,11 @@ static void check_outputs(const TrainOptions& o) {
   for (const auto& out : outs) check_directory_writable(out.what, out.path);
 }
 
-TrainResult train(const TrainOptions& o, std::ostream& out) {
+TrainResult train(const TrainOptions& opts, std::ostream& out) {
+  // MPI (dist.h): only rank 0 prints, logs and writes checkpoints.
+  TrainOptions o_rank = opts;
+  if (!dist::is_root()) o_rank.quiet = true, o_rank.log_path.clear();
+  const TrainOptions& o = o_rank;
   check_options(o);
   check_outputs(o);
   const auto t_start = Clock::now();
@@ -236,11 +241,24 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
   else init_params(cfg, e.params(), o.seed);
   e.weights_loaded();
   resumed.params = FloatBuffer();
+  // MPI (dist.h): the ranks share each step's shards and parameter chunks, once
+  // they have checked that they run the same thing.
+  std::unique_ptr<dist::DataParallel> dp;
+  if (dist::size() > 1) {
+    dp = std::make_unique<dist::DataParallel>(e);
+    dp->check_agreement(dist::run_fingerprint(o, e, ds));
+  }
 
   const int decay_steps = o.lr_decay_steps > 0 ? o.lr_decay_steps : o.steps;
-  const bool tty = !o.quiet && &out == &std::cout && isatty(STDOUT_FILENO);
+  const bool tty = !o.quiet && &out == &std::cout && isatty(STDOUT_FILENO) && !dist::launched_by_mpirun();
   LogFile log(o.log_path, o.resume);
   Saver saver{o, cfg, ds};
+  // MPI: rank 0 gathers the optimizer state and writes; the others only keep count.
+  auto save = [&] {
+    if (dp && e.step() != saver.last_saved_step) dp->gather_optimizer_state();
+    if (dist::is_root()) saver.save(e);
+    else saver.last_saved_step = e.step();
+  };
   const size_t tokens_per_step = (size_t)o.batch_size * cfg.block_size;
   if (!o.quiet) {
     char line[256];
@@ -259,8 +277,11 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
   double val_loss = NAN, train_loss = NAN;
   auto evaluate = [&](int at_step) {
     // Seeded by the step, so evaluation never disturbs the training sampler.
-    train_loss = e.estimate_loss(ds.train, o.eval_iters, o.seed ^ (0x9e3779b97f4a7c15ULL * (at_step + 1)));
-    val_loss = e.estimate_loss(ds.val, o.eval_iters, o.seed ^ (0xbf58476d1ce4e5b9ULL * (at_step + 1)));
+    auto estimate = [&](const std::vector<int32_t>& split, uint64_t seed) {  // MPI: split across the ranks
+      return dp ? dp->estimate_loss(split, o.eval_iters, seed) : e.estimate_loss(split, o.eval_iters, seed);
+    };
+    train_loss = estimate(ds.train, o.seed ^ (0x9e3779b97f4a7c15ULL * (at_step + 1)));
+    val_loss = estimate(ds.val, o.seed ^ (0xbf58476d1ce4e5b9ULL * (at_step + 1)));
     log.write(json{{"type", "eval"}, {"step", at_step}, {"train_loss", train_loss}, {"val_loss", val_loss}});
     if (!o.quiet) {
       char line[160];
@@ -284,7 +305,8 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
     double norm = 0, loss = 0;
     const auto t_step = Clock::now();
     try {
-      loss = e.train_step(ds.train, lr, o.grad_clip, o.adamw, &norm);
+      loss = dp ? dp->train_step(ds.train, lr, o.grad_clip, o.adamw, &norm)
+                : e.train_step(ds.train, lr, o.grad_clip, o.adamw, &norm);
     } catch (const std::exception& ex) {
       std::string where = saver.last_saved_step >= 0
                               ? "the last checkpoint, '" + o.out_path + "' (step " +
@@ -314,14 +336,16 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
                     tty ? "" : "\n");
       out << line << std::flush;
     }
-    if (o.save_interval > 0 && e.step() % o.save_interval == 0) saver.save(e);
+    if (o.save_interval > 0 && e.step() % o.save_interval == 0) save();
     if (!log.error.empty()) {
-      saver.save(e);
+      save();
       throw std::runtime_error(log.error + "; training stopped after step " + std::to_string(e.step()) +
                                ", saved to '" + o.out_path + "'");
     }
-    if (o.should_stop && o.should_stop()) {
-      saver.save(e);
+    bool stop = o.should_stop && o.should_stop();
+    if (dp) stop = dp->agree_stop(stop);  // MPI: every rank stops at the same step
+    if (stop) {
+      save();
       res.interrupted = true;
       if (!o.quiet)
         out << (tty ? "\n" : "") << "interrupted: saved step " << e.step() << " to " << o.out_path << "\n";
@@ -334,7 +358,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
   res.steps_this_run = e.step() - start_step;
   res.tok_per_s = res.steps_this_run > 0 ? res.steps_this_run * (double)tokens_per_step / loop_s : 0;
   if (!res.interrupted) {  // an interrupted run has saved already and skips the final evaluation
-    saver.save(e);
+    save();
     evaluate(e.step());
     res.train_loss = train_loss;
     res.val_loss = val_loss;
@@ -353,6 +377,7 @@ TrainResult train(const TrainOptions& o, std::ostream& out) {
                   res.peak_rss_bytes / 1048576.0, o.out_path.c_str());
     out << line << std::flush;
   }
+  if (dp && !o.quiet) out << dp->summary() << "\n" << std::flush;
   return res;
 }
 

@@ -78,6 +78,12 @@ class Engine {
   // Mean loss over `iters` random batches of the split (seeded by `seed`, so
   // evaluation never disturbs the training sampler).
   double estimate_loss(const std::vector<int32_t>& split, int iters, uint64_t seed);
+  // estimate_loss in pieces, for splitting it across processes (dist.h): its
+  // tasks are the iters * n_shards() (batch, shard) pairs, batch-major; this runs
+  // tasks [k0, k1) into sums[0, k1 - k0). estimate_loss is the sum of all
+  // tasks' sums in task order over iters * batch_size * block_size.
+  void estimate_loss_tasks(const std::vector<int32_t>& split, int iters, uint64_t seed, size_t k0, size_t k1,
+                           double* sums);
 
   // The weights were written from outside (init, resume): refresh the backend's copy.
   void weights_loaded();
