@@ -77,7 +77,7 @@ std::unique_ptr<Backend> make_openblas_backend(const BackendOptions&) { return s
 std::string blas_core_name() { return openblas_get_corename(); }
 
 std::string openblas_info() {
-  std::string s = "blas: OpenBLAS ";
+  std::string s = "blas: ";  // the config string starts with "OpenBLAS <version>"
   s += openblas_get_config();
   s += " (core ";
   s += openblas_get_corename();

@@ -184,5 +184,6 @@ int cmd_train(int argc, char** argv);   // src/cmd_train.cpp
 int cmd_eval(int argc, char** argv);    // src/cmd_eval.cpp
 int cmd_sample(int argc, char** argv);  // src/cmd_sample.cpp
 int cmd_bench(int argc, char** argv);   // src/cmd_bench.cpp
+int cmd_info(int argc, char** argv);    // src/cmd_info.cpp
 
 }  // namespace chargpt

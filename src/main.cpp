@@ -59,7 +59,9 @@ void usage(std::FILE* f) {
                "  train    train a character-level GPT (default: Tiny Shakespeare, baby preset)\n"
                "  sample   generate text from a checkpoint (KV cache)\n"
                "  eval     exact loss of a checkpoint over a data split\n"
-               "  bench    time training steps over a sweep of thread counts\n");
+               "  bench    time training steps over a sweep of thread counts\n"
+               "  info     the build (version, compiler, oneTBB, BLAS, backends, MPI), the CPU's ISA and the GPUs\n"
+               "           (also: chargpt --version)\n");
 }
 
 }  // namespace
@@ -99,6 +101,7 @@ int main(int argc, char** argv) {
     if (cmd == "eval") return cmd_eval(argc - 1, argv + 1);
     if (cmd == "sample") return cmd_sample(argc - 1, argv + 1);
     if (cmd == "bench") return cmd_bench(argc - 1, argv + 1);
+    if (cmd == "info" || cmd == "--version") return cmd_info(argc - 1, argv + 1);
     if (cmd == "-h" || cmd == "--help" || cmd == "help") {
       usage(stdout);
       return 0;

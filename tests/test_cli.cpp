@@ -427,3 +427,18 @@ TEST_CASE("cli: threads that cannot be started are an error message and exit 1, 
     CHECK(!contains(r.output, "terminate called"));
   }
 }
+
+TEST_CASE("cli: info and --version print the build, the backends and the CPU") {
+  const auto r = run_cli("info");
+  CHECK(r.status == 0);
+  CHECK(r.output.rfind("chargpt ", 0) == 0);
+  for (const char* line : {"\ncompiler: ", "\nonetbb: ", "\ncpu: ", "\nbackends: openblas", "\nblas: OpenBLAS",
+                           "\nonednn: ", "\ncuda: ", "\nmpi: "})
+    CHECK_MESSAGE(r.output.find(line) != std::string::npos, line);
+  const auto v = run_cli("--version");
+  CHECK(v.status == 0);
+  CHECK(v.output == r.output);
+  const auto bad = run_cli("info --bogus");
+  CHECK(bad.status == 2);
+  CHECK(bad.output.find("unexpected argument '--bogus'") != std::string::npos);
+}
