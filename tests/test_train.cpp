@@ -31,15 +31,11 @@ extern char** environ;
 
 namespace {
 
-std::string temp_dir() {
-  const fs::path d = fs::temp_directory_path() / ("chargpt_train_test_" + std::to_string(::getpid()));
-  fs::create_directories(d);
-  return d.string();
-}
-
-// A small made-up corpus: enough text for a few hundred windows of 16.
+// A small made-up corpus: enough text for a few hundred windows of 16. Written
+// once per process into a directory removed at exit.
 std::string corpus_file() {
-  const std::string path = temp_dir() + "/corpus.txt";
+  static const test::TempDir dir("train_corpus");
+  const std::string path = dir / "corpus.txt";
   if (!fs::exists(path)) {
     std::ofstream f(path);
     Rng rng(5);
@@ -77,10 +73,10 @@ std::string bytes_of(const std::string& path) {
 }  // namespace
 
 TEST_CASE("engine: weights are bit-identical for 1, 2 and 3 threads") {
-  const std::string dir = temp_dir();
+  const test::TempDir dir("train");
   std::string first;
   for (int threads : {1, 2, 3}) {
-    TrainOptions o = tiny_options(dir + "/det" + std::to_string(threads) + ".safetensors");
+    TrainOptions o = tiny_options(dir / ("det" + std::to_string(threads) + ".safetensors"));
     o.threads = threads;
     const TrainResult r = train(o, std::cout);
     CHECK(r.steps == 12);
@@ -91,15 +87,15 @@ TEST_CASE("engine: weights are bit-identical for 1, 2 and 3 threads") {
     else CHECK((w + s) == first);  // every weight and optimizer byte
   }
   // ...and training did something: the weights moved away from the init.
-  TrainOptions o = tiny_options(dir + "/det_init.safetensors");
+  TrainOptions o = tiny_options(dir / "det_init.safetensors");
   o.steps = 0;
   train(o, std::cout);
   CHECK(bytes_of(o.out_path) != first.substr(0, bytes_of(o.out_path).size()));
 }
 
 TEST_CASE("engine: a split run resumed gives the same bits as one run") {
-  const std::string dir = temp_dir();
-  TrainOptions whole = tiny_options(dir + "/whole.safetensors");
+  const test::TempDir dir("train");
+  TrainOptions whole = tiny_options(dir / "whole.safetensors");
   whole.steps = 40;
   whole.lr_decay_steps = 40;
   whole.warmup = 5;
@@ -108,7 +104,7 @@ TEST_CASE("engine: a split run resumed gives the same bits as one run") {
   train(whole, std::cout);
 
   TrainOptions part = whole;
-  part.out_path = dir + "/part.safetensors";
+  part.out_path = dir / "part.safetensors";
   part.steps = 20;
   train(part, std::cout);
   CHECK(bytes_of(part.out_path) != bytes_of(whole.out_path));
@@ -123,8 +119,8 @@ TEST_CASE("engine: a split run resumed gives the same bits as one run") {
 }
 
 TEST_CASE("engine: resume refuses mismatched or missing state") {
-  const std::string dir = temp_dir();
-  TrainOptions o = tiny_options(dir + "/mm.safetensors");
+  const test::TempDir dir("train");
+  TrainOptions o = tiny_options(dir / "mm.safetensors");
   o.steps = 2;
   train(o, std::cout);
   TrainOptions other = o;
@@ -137,8 +133,8 @@ TEST_CASE("engine: resume refuses mismatched or missing state") {
 }
 
 TEST_CASE("eval: exact split loss counts every target once, for any thread count") {
-  const std::string dir = temp_dir();
-  TrainOptions o = tiny_options(dir + "/ev.safetensors");
+  const test::TempDir dir("train");
+  TrainOptions o = tiny_options(dir / "ev.safetensors");
   o.steps = 5;
   train(o, std::cout);
   const Model m = load_model(o.out_path);
@@ -191,8 +187,8 @@ TEST_CASE("cli: bad flags and files give one clear line and a non-zero exit") {
 }
 
 TEST_CASE("cli: a non-finite loss stops training, naming the step, and the last checkpoint stays") {
-  const std::string dir = temp_dir();
-  const std::string out = dir + "/nan.safetensors";
+  const test::TempDir dir("train");
+  const std::string out = dir / "nan.safetensors";
   auto r = run_cli("train --data " + corpus_file() +
                    " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --steps 50 --warmup 0"
                    " --lr 1e30 --grad-clip 0 --save-interval 1 --eval-interval 0 --out " + out);
@@ -206,8 +202,8 @@ TEST_CASE("cli: a non-finite loss stops training, naming the step, and the last 
 }
 
 TEST_CASE("cli: Ctrl-C saves at the end of the step and exits with 130") {
-  const std::string dir = temp_dir();
-  const std::string out = dir + "/sigint.safetensors";
+  const test::TempDir dir("train");
+  const std::string out = dir / "sigint.safetensors";
   const std::string data = corpus_file();
   std::vector<std::string> args = {CHARGPT_BINARY, "train", "--data", data, "--out", out, "--n-layer", "1",
                                    "--n-embd", "32", "--block-size", "16", "--steps", "1000000", "--threads", "1",
