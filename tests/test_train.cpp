@@ -2,6 +2,7 @@
 // counts, exact resume, exact evaluation, Ctrl-C, non-finite stops, bad flags.
 #include <doctest/doctest.h>
 
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -207,21 +208,53 @@ TEST_CASE("cli: Ctrl-C saves at the end of the step and exits with 130") {
   const std::string data = corpus_file();
   std::vector<std::string> args = {CHARGPT_BINARY, "train", "--data", data, "--out", out, "--n-layer", "1",
                                    "--n-embd", "32", "--block-size", "16", "--steps", "1000000", "--threads", "1",
-                                   "--eval-interval", "0", "--log-interval", "1000000"};
+                                   "--eval-interval", "0", "--log-interval", "1"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // The child's stdout and stderr go into a pipe: not a terminal, so it prints one
+  // plain line per logged step ("step 1/1000000  loss ..."), the sign that training runs.
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  posix_spawn_file_actions_addclose(&fa, fds[1]);
   pid_t pid;
-  REQUIRE(posix_spawn(&pid, CHARGPT_BINARY, &fa, nullptr, argv.data(), environ) == 0);
+  const int spawned = posix_spawn(&pid, CHARGPT_BINARY, &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  close(fds[1]);
+  REQUIRE(spawned == 0);
+  // Read until the first complete step line (or end of output, or a generous
+  // deadline for slow sanitizer builds), then interrupt.
+  std::string output;
+  auto read_some = [&](int timeout_ms) {
+    pollfd p{fds[0], POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) <= 0) return false;
+    char buf[4096];
+    const ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n <= 0) return false;
+    output.append(buf, (size_t)n);
+    return true;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  auto started = [&] {
+    const size_t at = output.find("step 1/");
+    return at != std::string::npos && output.find('\n', at) != std::string::npos;
+  };
+  while (!started() && std::chrono::steady_clock::now() < deadline && read_some(1000)) {
+  }
+  const bool was_training = started();
   kill(pid, SIGINT);
+  while (read_some(120000)) {
+  }  // drain until the child closes its end, so it never blocks on a full pipe
+  close(fds[0]);
   int st = 0;
   waitpid(pid, &st, 0);
+  CAPTURE(output);
+  REQUIRE(was_training);
   REQUIRE(WIFEXITED(st));
   CHECK(WEXITSTATUS(st) == 130);
   Metadata meta;
