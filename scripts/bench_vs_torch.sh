@@ -8,11 +8,13 @@
 #
 # usage: scripts/bench_vs_torch.sh [ROUNDS] [THREADS...]      (default: 5 rounds, threads 1 2)
 # env:   CHARGPT    our binary            (default: build/chargpt)
-#        TORCH_PEER the peer script       (default: ../shared/bench/torch_gpt.py)
+#        TORCH_PEER the peer script       (default: scripts/torch_gpt_ref.py, in this repository)
 #        DATA       Tiny Shakespeare      (default: data/tinyshakespeare.txt)
 #
-# The peer needs Debian's PyTorch (sudo apt-get install -y python3-torch) and runs
-# under /usr/bin/python3 with OPENBLAS_NUM_THREADS=1, as its header advises.
+# The peer is the project's PyTorch reference (same model, same recipe). It needs
+# Debian's PyTorch (sudo apt-get install -y python3-torch) and runs under
+# /usr/bin/python3 with OPENBLAS_NUM_THREADS=1, its best setting (OpenBLAS threads
+# on top of torch's oversubscribe the cores). TORCH_BF16=1 adds --bf16 (autocast).
 # Both sides time one optimizer step on a sampled batch (chargpt's step also
 # includes drawing the batch, a few microseconds); process start-up and data
 # loading are not timed. Run it on an otherwise idle machine.
@@ -27,7 +29,9 @@ shift || true
 THREADS=("$@")
 [ ${#THREADS[@]} -gt 0 ] || THREADS=(1 2)
 CHARGPT=${CHARGPT:-build/chargpt}
-TORCH_PEER=${TORCH_PEER:-../shared/bench/torch_gpt.py}
+TORCH_PEER=${TORCH_PEER:-scripts/torch_gpt_ref.py}
+TORCH_FLAGS=()
+[ "${TORCH_BF16:-0}" = 1 ] && TORCH_FLAGS+=(--bf16)
 DATA=${DATA:-data/tinyshakespeare.txt}
 PY=/usr/bin/python3
 STEPS=30
@@ -65,7 +69,7 @@ print(j["method"]["blas_core"], "%.3f" % r["ms_median"], "%.4f" % r["loss_last"]
     echo "chargpt $n $ms" >>"$results"
 
     run env OPENBLAS_NUM_THREADS=1 "$PY" "$TORCH_PEER" bench --data "$DATA" --threads "$n" \
-      -L 4 -H 4 -C 128 -T 64 -B 12 --steps $STEPS --warmup $WARMUP
+      -L 4 -H 4 -C 128 -T 64 -B 12 --steps $STEPS --warmup $WARMUP ${TORCH_FLAGS[@]+"${TORCH_FLAGS[@]}"}
     theirs=$out
     read -r ms loss < <(echo "$theirs" | field ms_per_step loss)
     printf '%-6s %-8s %-8s %10s %10s\n' "$r" pytorch "$n" "$ms" "$loss"

@@ -2,7 +2,7 @@
 # Puts Tiny Shakespeare at data/tinyshakespeare.txt and verifies its checksum.
 #   scripts/fetch_data.sh            use data/ if already there, else a local copy in
 #                                    $CHARGPT_SHARED_DATA or ../shared/data, else download
-#   scripts/fetch_data.sh PATH       copy from PATH
+#   scripts/fetch_data.sh PATH       copy from PATH (a local copy: no network needed)
 #   scripts/fetch_data.sh --download always download the public file
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +40,21 @@ if [ -n "$src" ]; then
   echo "fetch_data: copied $src"
 else
   echo "fetch_data: downloading $url"
-  if command -v curl >/dev/null; then curl -fsSL "$url" -o "$tmp"
-  elif command -v wget >/dev/null; then wget -q "$url" -O "$tmp"
-  else echo "fetch_data: need curl or wget to download (or pass a local path)" >&2; exit 1; fi
+  local_copy_hint() {
+    echo "  With a copy of Tiny Shakespeare (char-rnn's input.txt) at hand, pass it instead:" >&2
+    echo "    scripts/fetch_data.sh /path/to/tinyshakespeare.txt" >&2
+    echo "  or set CHARGPT_SHARED_DATA=/path/to/tinyshakespeare.txt (or put it at ../shared/data/)." >&2
+  }
+  ok=1
+  if command -v curl >/dev/null; then curl -fsSL --retry 2 "$url" -o "$tmp" || ok=0
+  elif command -v wget >/dev/null; then wget -q --tries=3 "$url" -O "$tmp" || ok=0
+  else echo "fetch_data: need curl or wget to download" >&2; local_copy_hint; exit 1; fi
+  if [ "$ok" = 0 ]; then
+    rm -f "$tmp"
+    echo "fetch_data: the download of $url failed (no network, or the URL moved)" >&2
+    local_copy_hint
+    exit 1
+  fi
 fi
 if ! verify "$tmp" "${src:-$url}"; then rm -f "$tmp"; exit 1; fi
 mv "$tmp" "$dest"

@@ -13,6 +13,7 @@ Needs Debian's matplotlib:  sudo apt-get install -y python3-matplotlib
 import argparse
 import json
 import math
+import os
 import sys
 
 import matplotlib
@@ -72,7 +73,8 @@ def main():
     ax.set_ylabel("cross-entropy loss (nats/char)")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(a.title or f"chargpt training loss ({a.log})", fontsize=10)
+    # The file's name only: a full path would put this machine's directories into the image.
+    ax.set_title(a.title or f"chargpt training loss ({os.path.basename(a.log)})", fontsize=10)
     fig.tight_layout()
     fig.savefig(a.png, dpi=120)
     print(f"wrote {a.png}")

@@ -11,6 +11,7 @@ Needs Debian's matplotlib:  sudo apt-get install -y python3-matplotlib
 """
 import argparse
 import csv
+import os
 import sys
 
 import matplotlib
@@ -101,7 +102,7 @@ def main():
             ax.set_xscale("log", base=2)
             ax.set_xticks(t)
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    title = a.title or (f"chargpt core-count scaling ({a.csv}); "
+    title = a.title or (f"chargpt core-count scaling ({os.path.basename(a.csv)}); "
                         f"{rows[0]['ms']:.1f} ms/step at {base} thread{'s' if base > 1 else ''}")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -2,7 +2,8 @@
 """PyTorch peer for `chargpt sample`: times nanoGPT-style whole-context sampling
 (no KV cache: every new token runs the model over the context cropped to the
 last block_size tokens, under torch.no_grad) for a randomly initialised model of
-the same architecture (../shared/bench/torch_gpt.py), and prints one JSON line.
+the same architecture (the project's reference, scripts/torch_gpt_ref.py), and
+prints one JSON line. Needs Debian's PyTorch: sudo apt-get install -y python3-torch
 
   /usr/bin/python3 scripts/torch_sample_bench.py --threads 2 --tokens 512
   (defaults: the baby shape, V=65 T=64 L=4 H=4 C=128)
@@ -14,8 +15,7 @@ Timings are for random weights; the cost per token does not depend on them.
 """
 import argparse, json, os, resource, sys, time
 
-here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(here, '..', '..', 'shared', 'bench'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_gpt_ref.py beside this file
 
 
 def main():
@@ -28,16 +28,12 @@ def main():
     ap.add_argument('-V', type=int, default=65); ap.add_argument('-T', type=int, default=64)
     ap.add_argument('-L', type=int, default=4); ap.add_argument('-H', type=int, default=4)
     ap.add_argument('-C', type=int, default=128)
-    ap.add_argument('--peer-dir', help='directory holding torch_gpt.py (default: ../shared/bench)')
     a = ap.parse_args()
-    if a.peer_dir:
-        sys.path.insert(0, a.peer_dir)
     # Debian's torch runs its matmuls on OpenBLAS; OpenBLAS threads on top of
     # torch's own oversubscribe the cores (10x slower at 2 threads here), so
     # parallelism is torch's alone unless the caller says otherwise.
     os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
-    import torch
-    from torch_gpt import GPT
+    from torch_gpt_ref import GPT, torch  # exits with how to install PyTorch when it is missing
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(1337)

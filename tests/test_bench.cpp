@@ -123,10 +123,6 @@ TEST_CASE("bench: thread lists") {
 
 namespace {
 
-std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() / ("chargpt_bench_test_" + std::to_string(::getpid()) + "_" + name)).string();
-}
-
 // ~20k characters of word salad over a small alphabet.
 std::string tiny_corpus() {
   const char* words[] = {"the ", "king ", "and ", "queen ", "of ", "hearts\n", "rode ", "to ", "war ", "a "};
@@ -178,7 +174,8 @@ TEST_CASE("bench: run_bench trains the same model at every thread count") {
 }
 
 TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
-  const std::string data = temp_path("corpus.txt"), csv = temp_path("out.csv");
+  const test::TempDir dir("bench");
+  const std::string data = dir / "corpus.txt", csv = dir / "out.csv";
   {
     std::ofstream f(data);
     f << tiny_corpus();
@@ -213,6 +210,4 @@ TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
 
   // bad usage exits 2
   CHECK(test::run_cli("bench --threads 0 --data " + data).status == 2);
-  fs::remove(data);
-  fs::remove(csv);
 }

@@ -10,13 +10,11 @@
 #include "chargpt/data.h"
 #include "chargpt/model.h"
 #include "chargpt/tokenizer.h"
+#include "util.h"
 
 using namespace chargpt;
 namespace fs = std::filesystem;
 
-static std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() / ("chargpt_test_" + std::to_string(::getpid()) + "_" + name)).string();
-}
 
 static std::string error_of(auto&& f) {
   try {
@@ -104,7 +102,8 @@ TEST_CASE("checkpoint: save and load round trip is bit-identical") {
   FloatBuffer p(num_params(cfg));
   init_params(cfg, p.data(), 3);
   p[7] = -0.0f;  // bit patterns survive, signed zero included
-  const std::string path = temp_path("rt.safetensors");
+  const test::TempDir dir("io");
+  const std::string path = dir / "rt.safetensors";
   save_model(path, cfg, tok, p.data(), {{"step", "17"}});
   CHECK_FALSE(fs::exists(path + ".tmp"));
   Metadata meta;
@@ -146,19 +145,17 @@ TEST_CASE("checkpoint: save and load round trip is bit-identical") {
   CHECK(config["block_size"] == 8);
   CHECK(config["vocab_size"] == 5);
   CHECK(j["__metadata__"]["vocab"] == "\nabé☃");
-  fs::remove(path);
 }
 
 TEST_CASE("checkpoint: bad files give one clear error naming the file") {
-  const std::string missing = temp_path("missing.safetensors");
+  const test::TempDir dir("io");
+  const std::string missing = dir / "missing.safetensors";
   CHECK(error_of([&] { load_model(missing); }) == "checkpoint '" + missing + "' does not exist");
-  const std::string junk = temp_path("junk.safetensors");
+  const std::string junk = dir / "junk.safetensors";
   std::ofstream(junk) << "hello";
   CHECK(error_of([&] { load_model(junk); }).find("'" + junk + "' is not a valid safetensors file") == 0);
-  const std::string other = temp_path("other.safetensors");
+  const std::string other = dir / "other.safetensors";
   float x = 1.f;
   write_safetensors(other, {{"w", {1}, &x}}, {{"format", "pt"}});
   CHECK(error_of([&] { load_model(other); }).find("is not a chargpt checkpoint") != std::string::npos);
-  fs::remove(junk);
-  fs::remove(other);
 }

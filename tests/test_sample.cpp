@@ -26,6 +26,7 @@
 #include "chargpt/sample.h"
 #include "chargpt/tokenizer.h"
 #include "chargpt/train.h"
+#include "util.h"
 
 using namespace chargpt;
 
@@ -353,15 +354,13 @@ const char* kTinyText =
     "the cat ran to the mat. the dog ran to the log. they sat and sat.\n";
 
 struct TrainedTiny {
-  std::filesystem::path dir;
+  test::TempDir dir{"sample"};
   std::string ckpt;
   Model model;
   TrainedTiny() {
-    dir = std::filesystem::temp_directory_path() / ("chargpt_test_sample_" + std::to_string(getpid()));
-    std::filesystem::create_directories(dir);
-    const std::string data = (dir / "tiny.txt").string();
+    const std::string data = dir / "tiny.txt";
     std::ofstream(data) << kTinyText;
-    ckpt = (dir / "tiny.safetensors").string();
+    ckpt = dir / "tiny.safetensors";
     TrainOptions o;
     o.data_path = data;
     o.out_path = ckpt;
@@ -382,10 +381,6 @@ struct TrainedTiny {
     train(o, sink);
     model = load_model(ckpt);
   }
-  ~TrainedTiny() {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  }
 };
 
 TrainedTiny& trained_tiny() {
@@ -405,10 +400,8 @@ std::string greedy(const Model& m, const std::string& prompt, int n, bool kv_cac
 
 // Runs the chargpt binary; returns its exit status, stdout in *out, stderr in *err.
 int run_cli(const std::string& args, std::string* out = nullptr, std::string* err = nullptr) {
-  static int n = 0;
-  const auto dir = std::filesystem::temp_directory_path();
-  const std::string o = (dir / ("chargpt_cli_out_" + std::to_string(getpid()) + "_" + std::to_string(n))).string();
-  const std::string e = (dir / ("chargpt_cli_err_" + std::to_string(getpid()) + "_" + std::to_string(n++))).string();
+  const test::TempDir dir("cli");
+  const std::string o = dir / "stdout", e = dir / "stderr";
   const std::string cmd = std::string("'") + CHARGPT_BINARY + "' sample " + args + " >'" + o + "' 2>'" + e + "'";
   const int status = std::system(cmd.c_str());
   auto slurp = [](const std::string& path) {
@@ -417,8 +410,6 @@ int run_cli(const std::string& args, std::string* out = nullptr, std::string* er
   };
   if (out) *out = slurp(o);
   if (err) *err = slurp(e);
-  std::filesystem::remove(o);
-  std::filesystem::remove(e);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -476,7 +467,7 @@ TEST_CASE("sample: CLI output, determinism and errors") {
   fails(ck + " --prompt 'the ZQ'", 2, "'Z' (U+005A), 'Q' (U+0051)");
   fails(ck + " --prompt a --prompt-file x", 2, "cannot be used together");
   fails(ck + " --bogus", 2, "bogus");
-  const std::string dir = trained_tiny().dir.string();
+  const std::string dir = trained_tiny().dir.str();
   fails(ck + " --prompt-file '" + dir + "/missing.txt'", 1, "missing.txt");
   std::ofstream(dir + "/empty.txt").close();
   fails(ck + " --prompt-file '" + dir + "/empty.txt'", 1, "prompt is empty");

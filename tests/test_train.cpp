@@ -2,6 +2,7 @@
 // counts, exact resume, exact evaluation, Ctrl-C, non-finite stops, bad flags.
 #include <doctest/doctest.h>
 
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -31,15 +32,11 @@ extern char** environ;
 
 namespace {
 
-std::string temp_dir() {
-  const fs::path d = fs::temp_directory_path() / ("chargpt_train_test_" + std::to_string(::getpid()));
-  fs::create_directories(d);
-  return d.string();
-}
-
-// A small made-up corpus: enough text for a few hundred windows of 16.
+// A small made-up corpus: enough text for a few hundred windows of 16. Written
+// once per process into a directory removed at exit.
 std::string corpus_file() {
-  const std::string path = temp_dir() + "/corpus.txt";
+  static const test::TempDir dir("train_corpus");
+  const std::string path = dir / "corpus.txt";
   if (!fs::exists(path)) {
     std::ofstream f(path);
     Rng rng(5);
@@ -77,10 +74,10 @@ std::string bytes_of(const std::string& path) {
 }  // namespace
 
 TEST_CASE("engine: weights are bit-identical for 1, 2 and 3 threads") {
-  const std::string dir = temp_dir();
+  const test::TempDir dir("train");
   std::string first;
   for (int threads : {1, 2, 3}) {
-    TrainOptions o = tiny_options(dir + "/det" + std::to_string(threads) + ".safetensors");
+    TrainOptions o = tiny_options(dir / ("det" + std::to_string(threads) + ".safetensors"));
     o.threads = threads;
     const TrainResult r = train(o, std::cout);
     CHECK(r.steps == 12);
@@ -91,15 +88,15 @@ TEST_CASE("engine: weights are bit-identical for 1, 2 and 3 threads") {
     else CHECK((w + s) == first);  // every weight and optimizer byte
   }
   // ...and training did something: the weights moved away from the init.
-  TrainOptions o = tiny_options(dir + "/det_init.safetensors");
+  TrainOptions o = tiny_options(dir / "det_init.safetensors");
   o.steps = 0;
   train(o, std::cout);
   CHECK(bytes_of(o.out_path) != first.substr(0, bytes_of(o.out_path).size()));
 }
 
 TEST_CASE("engine: a split run resumed gives the same bits as one run") {
-  const std::string dir = temp_dir();
-  TrainOptions whole = tiny_options(dir + "/whole.safetensors");
+  const test::TempDir dir("train");
+  TrainOptions whole = tiny_options(dir / "whole.safetensors");
   whole.steps = 40;
   whole.lr_decay_steps = 40;
   whole.warmup = 5;
@@ -108,7 +105,7 @@ TEST_CASE("engine: a split run resumed gives the same bits as one run") {
   train(whole, std::cout);
 
   TrainOptions part = whole;
-  part.out_path = dir + "/part.safetensors";
+  part.out_path = dir / "part.safetensors";
   part.steps = 20;
   train(part, std::cout);
   CHECK(bytes_of(part.out_path) != bytes_of(whole.out_path));
@@ -123,8 +120,8 @@ TEST_CASE("engine: a split run resumed gives the same bits as one run") {
 }
 
 TEST_CASE("engine: resume refuses mismatched or missing state") {
-  const std::string dir = temp_dir();
-  TrainOptions o = tiny_options(dir + "/mm.safetensors");
+  const test::TempDir dir("train");
+  TrainOptions o = tiny_options(dir / "mm.safetensors");
   o.steps = 2;
   train(o, std::cout);
   TrainOptions other = o;
@@ -137,8 +134,8 @@ TEST_CASE("engine: resume refuses mismatched or missing state") {
 }
 
 TEST_CASE("eval: exact split loss counts every target once, for any thread count") {
-  const std::string dir = temp_dir();
-  TrainOptions o = tiny_options(dir + "/ev.safetensors");
+  const test::TempDir dir("train");
+  TrainOptions o = tiny_options(dir / "ev.safetensors");
   o.steps = 5;
   train(o, std::cout);
   const Model m = load_model(o.out_path);
@@ -191,8 +188,8 @@ TEST_CASE("cli: bad flags and files give one clear line and a non-zero exit") {
 }
 
 TEST_CASE("cli: a non-finite loss stops training, naming the step, and the last checkpoint stays") {
-  const std::string dir = temp_dir();
-  const std::string out = dir + "/nan.safetensors";
+  const test::TempDir dir("train");
+  const std::string out = dir / "nan.safetensors";
   auto r = run_cli("train --data " + corpus_file() +
                    " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --steps 50 --warmup 0"
                    " --lr 1e30 --grad-clip 0 --save-interval 1 --eval-interval 0 --out " + out);
@@ -206,26 +203,58 @@ TEST_CASE("cli: a non-finite loss stops training, naming the step, and the last 
 }
 
 TEST_CASE("cli: Ctrl-C saves at the end of the step and exits with 130") {
-  const std::string dir = temp_dir();
-  const std::string out = dir + "/sigint.safetensors";
+  const test::TempDir dir("train");
+  const std::string out = dir / "sigint.safetensors";
   const std::string data = corpus_file();
   std::vector<std::string> args = {CHARGPT_BINARY, "train", "--data", data, "--out", out, "--n-layer", "1",
                                    "--n-embd", "32", "--block-size", "16", "--steps", "1000000", "--threads", "1",
-                                   "--eval-interval", "0", "--log-interval", "1000000"};
+                                   "--eval-interval", "0", "--log-interval", "1"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // The child's stdout and stderr go into a pipe: not a terminal, so it prints one
+  // plain line per logged step ("step 1/1000000  loss ..."), the sign that training runs.
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  posix_spawn_file_actions_addclose(&fa, fds[1]);
   pid_t pid;
-  REQUIRE(posix_spawn(&pid, CHARGPT_BINARY, &fa, nullptr, argv.data(), environ) == 0);
+  const int spawned = posix_spawn(&pid, CHARGPT_BINARY, &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  close(fds[1]);
+  REQUIRE(spawned == 0);
+  // Read until the first complete step line (or end of output, or a generous
+  // deadline for slow sanitizer builds), then interrupt.
+  std::string output;
+  auto read_some = [&](int timeout_ms) {
+    pollfd p{fds[0], POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) <= 0) return false;
+    char buf[4096];
+    const ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n <= 0) return false;
+    output.append(buf, (size_t)n);
+    return true;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  auto started = [&] {
+    const size_t at = output.find("step 1/");
+    return at != std::string::npos && output.find('\n', at) != std::string::npos;
+  };
+  while (!started() && std::chrono::steady_clock::now() < deadline && read_some(1000)) {
+  }
+  const bool was_training = started();
   kill(pid, SIGINT);
+  while (read_some(120000)) {
+  }  // drain until the child closes its end, so it never blocks on a full pipe
+  close(fds[0]);
   int st = 0;
   waitpid(pid, &st, 0);
+  CAPTURE(output);
+  REQUIRE(was_training);
   REQUIRE(WIFEXITED(st));
   CHECK(WEXITSTATUS(st) == 130);
   Metadata meta;
