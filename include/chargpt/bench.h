@@ -122,7 +122,7 @@ struct BenchResult {
   // 1-minute load average (/proc/loadavg; -1 where unavailable) before the
   // run and at its end: other work on the machine skews every number here.
   double load_before = -1, load_after = -1;
-  std::string blas_core;  // openblas_get_corename(): the kernels OpenBLAS picked
+  std::string blas_core;  // blas_core_name(): the kernels the BLAS library picked
 };
 
 // Runs the bench on an encoded dataset. Progress lines go to `progress` (may be null).
