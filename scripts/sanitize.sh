@@ -23,5 +23,8 @@ cmake --build build-asan -j"$(nproc)"
 # detect_leaks: LeakSanitizer at exit. The spawned chargpt binaries (CLI tests)
 # inherit these settings.
 export ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}
+# Open MPI, the CUDA runtime, oneDNN and libgomp keep process-lifetime allocations that LSan
+# reports at exit; tests/lsan.supp names those libraries (and nothing of ours).
+export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}
 ctest --test-dir build-asan --output-on-failure -j"$(nproc)" "$@"
