@@ -171,8 +171,16 @@ class OneDnnBackend final : public Backend {
     // dW[OC,IC] (+)= doutᵀ · inp: A[m=o, k=r] = dout[r*OC + o].
     Key kw{OC, IC, R, 1, OC, IC, 1, IC, bf16(), false, sum};
     if (bf16()) {
+      // dout to bf16 row by row, and the bias gradient from the row while it is in L1 (the
+      // same fp32 sums in the same order as the loop below).
       uint16_t* d16 = grow(L.a16, (size_t)R * OC);
-      to_bf16(d16, dout, (size_t)R * OC);
+      if (dbias && !accumulate) std::memset(dbias, 0, sizeof(float) * OC);
+      for (int r = 0; r < R; ++r) {
+        const float* d = dout + (size_t)r * OC;
+        to_bf16(d16 + (size_t)r * OC, d, (size_t)OC);
+        if (dbias)
+          for (int o = 0; o < OC; ++o) dbias[o] += d[o];
+      }
       if (dinp) run(L, kd, d16, weight16(weight, (size_t)OC * IC), nullptr, dinp);
       if (!inp16) {
         to_bf16(grow(L.b16, (size_t)R * IC), inp, (size_t)R * IC);
@@ -183,7 +191,7 @@ class OneDnnBackend final : public Backend {
       if (dinp) run(L, kd, dout, weight, nullptr, dinp);
       run(L, kw, dout, inp, nullptr, dweight);
     }
-    if (dbias) {  // fp32, the same loop as the OpenBLAS backend
+    if (dbias && !bf16()) {  // fp32, the same loop as the OpenBLAS backend (bf16: done above)
       if (!accumulate) std::memset(dbias, 0, sizeof(float) * OC);
       for (int r = 0; r < R; ++r) {
         const float* d = dout + (size_t)r * OC;
