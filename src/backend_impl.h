@@ -24,8 +24,6 @@ std::string onednn_info();  // version, the ISA oneDNN uses, whether the CPU has
 // The implementation oneDNN picks for an M×N×K product in that precision (e.g. "brg:avx512_core_amx_bf16").
 std::string onednn_impl_name(Precision p, int M, int N, int K);
 bool cpu_has_amx_bf16();  // CPUID leaf 7: AMX-BF16 and AMX-TILE
-// fp32 -> bf16 bits, round to nearest even.
-void to_bf16(uint16_t* dst, const float* src, size_t n);
 #endif
 
 }  // namespace chargpt

@@ -43,34 +43,6 @@ bool cpu_has_amx_bf16() {
   return (d >> 22 & 1u) && (d >> 24 & 1u);
 }
 
-// fp32 -> bf16, round to nearest even (what oneDNN's own reorders do); NaN stays a quiet NaN.
-// With AVX512-BF16 (every AMX CPU has it) one VCVTNE2PS2BF16 converts 32 floats, and the tail
-// goes through the same instruction under a mask, so every element gets the same arithmetic
-// (that instruction also treats denormal inputs as zero). Otherwise a branch-free loop that
-// GCC vectorises.
-void to_bf16(uint16_t* dst, const float* src, size_t n) {
-#if defined(__AVX512BF16__)
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512bh r = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
-    _mm512_storeu_si512((void*)(dst + i), (__m512i)r);
-  }
-  for (; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    const __m256bh r = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
-    _mm256_mask_storeu_epi16((void*)(dst + i), m, (__m256i)r);
-  }
-#else
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, &src[i], 4);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-    dst[i] = (uint16_t)(nan ? ((u >> 16) | 0x40u) : rounded);
-  }
-#endif
-}
-
 static inline float bf16_to_float(uint16_t h) {
   const uint32_t u = (uint32_t)h << 16;
   float f;
@@ -163,14 +135,23 @@ class OneDnnBackend final : public Backend {
   }
   size_t weight_syncs() const override { return n_ ? covered_.load() / n_ : 0; }
 
+  bool wants_bf16_inputs() const override { return bf16(); }
+
   void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC,
                       int OC) override {
+    linear_forward16(out, inp, nullptr, weight, bias, R, IC, OC);
+  }
+  void linear_forward16(float* out, const float* inp, const uint16_t* inp16, const float* weight, const float* bias,
+                        int R, int IC, int OC) override {
     Local& L = locals_.local();
     // out[R,OC] = inp[R,IC] · Wᵀ: B[k=i, n=o] = W[o*IC + i].
     Key k{R, OC, IC, IC, 1, 1, IC, OC, bf16(), bias != nullptr, 0.f};
     if (bf16()) {
-      to_bf16(grow(L.a16, (size_t)R * IC), inp, (size_t)R * IC);
-      run(L, k, L.a16.data(), weight16(weight, (size_t)OC * IC), bias, out);
+      if (!inp16) {
+        to_bf16(grow(L.a16, (size_t)R * IC), inp, (size_t)R * IC);
+        inp16 = L.a16.data();
+      }
+      run(L, k, inp16, weight16(weight, (size_t)OC * IC), bias, out);
     } else {
       run(L, k, inp, weight, bias, out);
     }
@@ -178,6 +159,11 @@ class OneDnnBackend final : public Backend {
 
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int R, int IC, int OC, bool accumulate) override {
+    linear_backward16(dinp, dweight, dbias, dout, inp, nullptr, weight, R, IC, OC, accumulate);
+  }
+  void linear_backward16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                         const uint16_t* inp16, const float* weight, int R, int IC, int OC,
+                         bool accumulate) override {
     Local& L = locals_.local();
     const float sum = accumulate ? 1.f : 0.f;
     // dinp[R,IC] = dout[R,OC] · W[OC,IC]
@@ -185,17 +171,27 @@ class OneDnnBackend final : public Backend {
     // dW[OC,IC] (+)= doutᵀ · inp: A[m=o, k=r] = dout[r*OC + o].
     Key kw{OC, IC, R, 1, OC, IC, 1, IC, bf16(), false, sum};
     if (bf16()) {
+      // dout to bf16 row by row, and the bias gradient from the row while it is in L1 (the
+      // same fp32 sums in the same order as the loop below).
       uint16_t* d16 = grow(L.a16, (size_t)R * OC);
-      to_bf16(d16, dout, (size_t)R * OC);
+      if (dbias && !accumulate) std::memset(dbias, 0, sizeof(float) * OC);
+      for (int r = 0; r < R; ++r) {
+        const float* d = dout + (size_t)r * OC;
+        to_bf16(d16 + (size_t)r * OC, d, (size_t)OC);
+        if (dbias)
+          for (int o = 0; o < OC; ++o) dbias[o] += d[o];
+      }
       if (dinp) run(L, kd, d16, weight16(weight, (size_t)OC * IC), nullptr, dinp);
-      uint16_t* i16 = grow(L.b16, (size_t)R * IC);
-      to_bf16(i16, inp, (size_t)R * IC);
-      run(L, kw, d16, i16, nullptr, dweight);
+      if (!inp16) {
+        to_bf16(grow(L.b16, (size_t)R * IC), inp, (size_t)R * IC);
+        inp16 = L.b16.data();
+      }
+      run(L, kw, d16, inp16, nullptr, dweight);
     } else {
       if (dinp) run(L, kd, dout, weight, nullptr, dinp);
       run(L, kw, dout, inp, nullptr, dweight);
     }
-    if (dbias) {  // fp32, the same loop as the OpenBLAS backend
+    if (dbias && !bf16()) {  // fp32, the same loop as the OpenBLAS backend (bf16: done above)
       if (!accumulate) std::memset(dbias, 0, sizeof(float) * OC);
       for (int r = 0; r < R; ++r) {
         const float* d = dout + (size_t)r * OC;

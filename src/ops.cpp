@@ -1,5 +1,7 @@
 #include "chargpt/ops.h"
 
+#include <immintrin.h>
+
 #include <bit>
 #include <cmath>
 #include <algorithm>
@@ -8,6 +10,33 @@
 
 
 namespace chargpt {
+
+// With AVX512-BF16 (every AMX CPU has it) one VCVTNE2PS2BF16 converts 32 floats, and the tail
+// goes through the same instruction under a mask, so every element gets the same arithmetic
+// (that instruction also treats denormal inputs as zero). Otherwise a branch-free loop that
+// GCC vectorises.
+void to_bf16(uint16_t* dst, const float* src, size_t n) {
+#if defined(__AVX512BF16__)
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512bh r = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+    _mm512_storeu_si512((void*)(dst + i), (__m512i)r);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __m256bh r = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+    _mm256_mask_storeu_epi16((void*)(dst + i), m, (__m256i)r);
+  }
+#else
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &src[i], 4);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+    dst[i] = (uint16_t)(nan ? ((u >> 16) | 0x40u) : rounded);
+  }
+#endif
+}
 
 void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int N, int T, int C) {
   for (int n = 0; n < N; ++n)
@@ -69,7 +98,7 @@ inline float row_sum(const float* x, int C) {
 }  // namespace
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                       const float* bias, int R, int C) {
+                       const float* bias, int R, int C, uint16_t* out16) {
   constexpr float eps = 1e-5f;
   for (int r = 0; r < R; ++r) {
     const float* x = inp + (size_t)r * C;
@@ -85,6 +114,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
     const float s = 1.f / std::sqrt(var / C + eps);
     float* o = out + (size_t)r * C;
     for (c = 0; c < C; ++c) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+    if (out16) to_bf16(out16 + (size_t)r * C, o, C);  // the row just written, still in L1
     mean[r] = m;
     rstd[r] = s;
   }
@@ -426,10 +456,18 @@ inline V gelu_slope(V x) {
   return g.s + 2.f * x * g.s * g.one_minus_s * kGeluC * (1.f + 3.f * 0.044715f * x * x);
 }
 
-void gelu_forward(float* out, const float* inp, size_t n) {
+void gelu_forward(float* out, const float* inp, size_t n, uint16_t* out16) {
+  // In blocks of 1024 floats (a multiple of kW), so that the bf16 copy reads them from L1.
+  constexpr size_t kBlock = 1024;
   size_t i = 0;
-  for (; i + kW <= n; i += kW) store16(out + i, gelu_value(load16(inp + i)));
+  while (i + kW <= n) {
+    const size_t b0 = i, b1 = std::min(n, b0 + kBlock);
+    for (; i + kW <= b1; i += kW) store16(out + i, gelu_value(load16(inp + i)));
+    if (out16) to_bf16(out16 + b0, out + b0, i - b0);
+  }
+  const size_t t0 = i;
   for (; i < n; ++i) out[i] = gelu_value(inp[i]);
+  if (out16) to_bf16(out16 + t0, out + t0, n - t0);
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {

@@ -769,3 +769,83 @@ TEST_CASE("op: fill_zero and loss_sum") {
   CHECK(loss_sum(l.data(), l.size()) == ((1.5 + 2.25) + (double)1e-8f) + 3.0);
   CHECK(loss_sum(l.data(), 0) == 0.0);
 }
+
+// ---------------------------------------------------------------------------
+// bf16 copies (for a backend whose products read bf16: Backend::wants_bf16_inputs).
+
+namespace {
+// x rounded to bf16 bits (8 significant bits, ties to even), independently of to_bf16's
+// bit trick or instruction: x = m·2^e with 0.5 <= |m| < 1; keep 8 bits of m. Normal numbers only.
+uint16_t ref_bf16_bits(float x) {
+  int e = 0;
+  const double m = std::frexp((double)x, &e);
+  const float r = (float)std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8);  // nearbyint: ties to even
+  uint32_t u;
+  std::memcpy(&u, &r, 4);
+  return (uint16_t)(u >> 16);
+}
+std::vector<uint16_t> to_bf16_vec(const VF& v) {
+  std::vector<uint16_t> r(v.size());
+  to_bf16(r.data(), v.data(), v.size());
+  return r;
+}
+}  // namespace
+
+TEST_CASE("op: to_bf16 rounds to nearest even like an independent rounding, any length, NaN stays NaN") {
+  Rng rng(901);
+  VF x = randn(rng, 1000, 3.0);
+  // ties (the lower 16 bits exactly 0x8000, both parities) and values that round up into the next binade
+  for (uint32_t u : {0x3f808000u, 0x3f818000u, 0xbf808000u, 0x3f7fffffu, 0x3f7f8000u, 0x4b7f8000u}) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    x.push_back(f);
+  }
+  for (size_t n : {size_t(0), size_t(1), size_t(15), size_t(16), size_t(17), size_t(31), size_t(33), x.size()}) {
+    CAPTURE(n);
+    std::vector<uint16_t> got(n + 1, 0xabcd);
+    to_bf16(got.data(), x.data(), n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; ++i) bad += got[i] != ref_bf16_bits(x[i]);
+    CHECK(bad == 0);
+    CHECK(got[n] == 0xabcd);  // nothing written past n
+  }
+  const float qnan = std::numeric_limits<float>::quiet_NaN();
+  uint16_t h = 0;
+  to_bf16(&h, &qnan, 1);
+  CHECK((h & 0x7f80) == 0x7f80);
+  CHECK((h & 0x007f) != 0);  // still a NaN, not an infinity
+}
+
+TEST_CASE("op: layernorm and gelu bf16 copies are to_bf16 of their fp32 outputs, which do not change") {
+  Rng rng(902);
+  for (int C : {12, 128, 130}) {
+    CAPTURE(C);
+    const int R = 9;
+    const VF inp = randn(rng, (size_t)R * C, 1.7, 0.6), w = randn(rng, C, 0.3, 1.0), b = randn(rng, C, 0.5);
+    VF out = nans((size_t)R * C), mean = nans(R), rstd = nans(R);
+    layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), R, C);
+    VF out2 = nans(out.size()), mean2 = nans(R), rstd2 = nans(R);
+    std::vector<uint16_t> o16(out.size() + 1, 0xabcd);
+    layernorm_forward(out2.data(), mean2.data(), rstd2.data(), inp.data(), w.data(), b.data(), R, C, o16.data());
+    CHECK(bit_equal(out.data(), out2.data(), out.size()));
+    CHECK(bit_equal(mean.data(), mean2.data(), R));
+    CHECK(bit_equal(rstd.data(), rstd2.data(), R));
+    o16.pop_back();
+    CHECK(o16 == to_bf16_vec(out));
+    for (size_t i = 0; i < out.size(); ++i) REQUIRE(o16[i] == ref_bf16_bits(out[i]));
+  }
+  // gelu: lengths around its 1024-float blocks and the 16-float vectors
+  for (size_t n : {size_t(5), size_t(1024), size_t(1040), size_t(3000), size_t(3011)}) {
+    CAPTURE(n);
+    const VF x = randn(rng, n, 2.0);
+    VF out = nans(n), out2 = nans(n);
+    gelu_forward(out.data(), x.data(), n);
+    std::vector<uint16_t> o16(n + 1, 0xabcd);
+    gelu_forward(out2.data(), x.data(), n, o16.data());
+    CHECK(bit_equal(out.data(), out2.data(), n));
+    CHECK(o16[n] == 0xabcd);
+    o16.pop_back();
+    CHECK(o16 == to_bf16_vec(out));
+    for (size_t i = 0; i < n; ++i) REQUIRE(o16[i] == ref_bf16_bits(out[i]));
+  }
+}

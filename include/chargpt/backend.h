@@ -13,6 +13,7 @@
 // names the tensor. Calls come from several oneTBB workers at once; a backend
 // keeps any per-call state per thread.
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -54,6 +55,24 @@ class Backend {
   // (if non-null). accumulate = false: dweight and dbias are written (=) instead.
   virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                const float* weight, int R, int IC, int OC, bool accumulate) = 0;
+  // bf16 copies of the activations. A backend whose products read their activation input in
+  // bf16 says so here; the model then has the op that produces such an input write a bf16
+  // copy too (inp16 = to_bf16(inp), ops.h: the same bits the backend would compute), and hands
+  // it over through the two calls below, so the backend converts nothing per call and the
+  // forward's copy serves the backward's weight gradient as well. Their defaults ignore inp16.
+  virtual bool wants_bf16_inputs() const { return false; }
+  // linear_forward, with inp16 (may be null) = to_bf16(inp[R,IC]).
+  virtual void linear_forward16(float* out, const float* inp, const uint16_t* inp16, const float* weight,
+                                const float* bias, int R, int IC, int OC) {
+    (void)inp16;
+    linear_forward(out, inp, weight, bias, R, IC, OC);
+  }
+  // linear_backward, with inp16 (may be null) = to_bf16(inp[R,IC]).
+  virtual void linear_backward16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                                 const uint16_t* inp16, const float* weight, int R, int IC, int OC, bool accumulate) {
+    (void)inp16;
+    linear_backward(dinp, dweight, dbias, dout, inp, weight, R, IC, OC, accumulate);
+  }
   // Rows [row0, row1) of out[OC] = weight[OC,IC] · x[IC] + bias[OC] (bias may be null): the KV-cache step.
   // Each row is computed by the same arithmetic whatever the range, so splitting rows over threads changes
   // no result.

@@ -69,6 +69,9 @@ struct Activations {
     float* fc;                         // [N,T,4C] before GELU
     float* fc_gelu;                    // [N,T,4C]
     float* res_mlp;                    // [N,T,C] residual after the MLP = the layer's output
+    // bf16 copies of the products' activation inputs (null until enable_bf16(); see
+    // Backend::wants_bf16_inputs): = to_bf16 of ln1, att_y, ln2, fc_gelu.
+    uint16_t *ln1_16 = nullptr, *att_y16 = nullptr, *ln2_16 = nullptr, *fc_gelu16 = nullptr;
   };
   int max_batch = 0;
   FloatBuffer mem;
@@ -83,10 +86,19 @@ struct Activations {
   float* d_qkv;   // [N,T,3C]
   float* d_fc;    // [N,T,4C]
   float* att_scratch;  // one head's attention scratch (attention_scratch_floats)
+  uint16_t* lnf16 = nullptr;  // bf16 copy of lnf (enable_bf16)
+  bool bf16_written = false;  // the last gpt_forward wrote the bf16 copies (backward may read them)
+  std::vector<uint16_t> mem16;  // the bf16 copies' allocation
 
   Activations() = default;
   Activations(const Config& cfg, int max_batch);
-  size_t bytes() const { return mem.size() * sizeof(float); }
+  // Allocates the bf16 copies (once; gpt_forward calls it for a backend that wants them).
+  void enable_bf16();
+  bool has_bf16() const { return lnf16 != nullptr; }
+  size_t bytes() const { return mem.size() * sizeof(float) + mem16.size() * sizeof(uint16_t); }
+
+ private:
+  size_t rows_ = 0, C_ = 0;  // max_batch * block_size, n_embd
 };
 
 // The linear layers' products go through `be` (bound to the block `params`

@@ -8,14 +8,19 @@
 
 namespace chargpt {
 
+// fp32 -> bf16 bits, round to nearest even (what oneDNN's reorders do); NaN stays a quiet NaN.
+// The one conversion of every bf16 copy: the backend's own and the ops' bf16 outputs below.
+void to_bf16(uint16_t* dst, const float* src, size_t n);
+
 // out[N,T,C] = wte[tokens[n,t]] + wpe[t]
 void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int N, int T, int C);
 // dwte[V,C] +=, dwpe[T,C] += ; dout[N,T,C]
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int N, int T, int C);
 
 // out[R,C] = (inp - mean) * rstd * weight + bias, per row; mean[R], rstd[R] saved for backward.
+// out16 (if non-null): out[R,C] in bf16 as well, = to_bf16(out), for a bf16 product that reads it.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                       const float* bias, int R, int C);
+                       const float* bias, int R, int C, uint16_t* out16 = nullptr);
 // dinp[R,C] += (it feeds the residual stream, whose gradient it adds to), dweight[C] +=, dbias[C] +=
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int R, int C);
@@ -44,8 +49,8 @@ void attention_head_forward(float* y, int ldy, float* P, float* scratch, const f
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att_probs,
                         int N, int T, int C, int NH);
 
-// tanh-approximated GELU, elementwise over n values.
-void gelu_forward(float* out, const float* inp, size_t n);
+// tanh-approximated GELU, elementwise over n values; out16 (if non-null) = to_bf16(out) as well.
+void gelu_forward(float* out, const float* inp, size_t n, uint16_t* out16 = nullptr);
 // dinp = gelu'(inp) * dout; dinp may alias dout.
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
 
