@@ -27,17 +27,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Runs a shell script (sh -c), stdout and stderr captured together.
-RunResult run_shell(const std::string& script) {
-  FILE* p = popen(("{\n" + script + "\n} 2>&1").c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
-}
+using chargpt::test::run_shell;
 
 std::string bytes_of(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -26,15 +26,7 @@ bool contains(const std::string& s, const std::string& part) { return s.find(par
 
 // The CLI under a time limit: a read that never ends fails the test instead of hanging it.
 RunResult run_cli_limited(const std::string& args) {
-  const std::string cmd = "timeout 20 " + std::string(CHARGPT_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
+  return chargpt::test::run_shell("timeout 20 " + std::string(CHARGPT_BINARY) + " " + args);
 }
 
 }  // namespace

@@ -38,11 +38,9 @@ struct RunResult {
   std::string output;
 };
 
-// Runs the chargpt binary under test with a shell argument string; stdout and
-// stderr are captured together.
-inline RunResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(CHARGPT_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
+// Runs a shell command line (sh -c), stdout and stderr captured together.
+inline RunResult run_shell(const std::string& script) {
+  FILE* p = popen(("{\n" + script + "\n} 2>&1").c_str(), "r");
   if (!p) return {-1, "popen failed"};
   std::string out;
   char buf[4096];
@@ -51,5 +49,9 @@ inline RunResult run_cli(const std::string& args) {
   const int st = pclose(p);
   return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
 }
+
+// Runs the chargpt binary under test with a shell argument string; stdout and
+// stderr are captured together.
+inline RunResult run_cli(const std::string& args) { return run_shell(std::string(CHARGPT_BINARY) + " " + args); }
 
 }  // namespace chargpt::test
