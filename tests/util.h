@@ -11,6 +11,14 @@
 
 namespace chargpt::test {
 
+// AddressSanitizer reserves terabytes of address space for its shadow memory, so a
+// child run under a virtual-memory limit (prlimit --as, ulimit -v) cannot start.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kUnderAddressSanitizer = true;
+#else
+inline constexpr bool kUnderAddressSanitizer = false;
+#endif
+
 // A fresh directory under the system's temp dir, removed with everything in it
 // when the object goes out of scope. Unique per process and per object.
 struct TempDir {
