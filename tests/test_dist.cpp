@@ -51,14 +51,18 @@ const std::string kTiny =
     " --n-layer 2 --n-head 2 --n-embd 32 --block-size 16 --batch-size 7 --shard-size 2 --warmup 3 --threads 1"
     " --eval-iters 2 --log-interval 1";
 
-// Runs `mpirun -np N chargpt ARGS` (under a timeout: nothing here may hang). In
-// sanitizer builds the ranks run without LeakSanitizer: Open MPI's components are
-// dlopen'd and unloaded at MPI_Finalize, so their process-lifetime allocations show
-// up as leaks from "<unknown module>" that no suppression can name.
+// The command line that starts `mpirun -np N chargpt`. In sanitizer builds the
+// ranks run without LeakSanitizer: Open MPI's components are dlopen'd and
+// unloaded at MPI_Finalize, so their process-lifetime allocations show up as
+// leaks from "<unknown module>" that no suppression can name.
+std::string mpirun_chargpt(int np) {
+  return "env ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" " + std::string(CHARGPT_MPIEXEC) +
+         " --allow-run-as-root --oversubscribe -np " + std::to_string(np) + " " + CHARGPT_BINARY;
+}
+
+// Runs `mpirun -np N chargpt ARGS` (under a timeout: nothing here may hang).
 RunResult mpirun_cli(int np, const std::string& args, int timeout_s = 60) {
-  return run_shell("ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" timeout -s KILL " + std::to_string(timeout_s) + " " + std::string(CHARGPT_MPIEXEC) +
-                         " --allow-run-as-root --oversubscribe -np " + std::to_string(np) + " " +
-                         std::string(CHARGPT_BINARY) + " " + args);
+  return run_shell("timeout -s KILL " + std::to_string(timeout_s) + " " + mpirun_chargpt(np) + " " + args);
 }
 
 size_t count_of(const std::string& s, const std::string& what) {
@@ -290,7 +294,7 @@ TEST_CASE("mpi: a killed rank ends the whole job with an error, and the last che
   // mpirun in the background; once a checkpoint exists, SIGKILL one of its ranks
   // (mpirun's children) and wait at most 30 s for mpirun to end.
   const std::string script =
-      std::string(CHARGPT_MPIEXEC) + " --allow-run-as-root --oversubscribe -np 2 " + CHARGPT_BINARY + " train --data " +
+      mpirun_chargpt(2) + " train --data " +
       corpus + kTiny + " --steps 1000000 --eval-interval 0 --save-interval 20 --out " + out + " > " +
       (dir / "log") + " 2>&1 & MP=$!\n"
       "for i in $(seq 300); do [ -f " + out + " ] && break; sleep 0.1; done\n"
@@ -322,7 +326,7 @@ TEST_CASE("mpi: Ctrl-C on mpirun stops every rank at the same step with one chec
   // mpirun turns SIGINT into SIGTERM for the ranks (then SIGKILL 1 s later):
   // they agree to stop after the current step, and rank 0 saves.
   const std::string script =
-      std::string(CHARGPT_MPIEXEC) + " --allow-run-as-root --oversubscribe -np 2 " + CHARGPT_BINARY + " train --data " +
+      mpirun_chargpt(2) + " train --data " +
       corpus + kTiny + " --steps 1000000 --eval-interval 0 --log-interval 1000000 --out " + out + " > " +
       (dir / "log") + " 2>&1 & MP=$!\n"
       "sleep 2; kill -INT $MP\n"
