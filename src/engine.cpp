@@ -12,8 +12,13 @@ using Clock = std::chrono::steady_clock;
 int default_shard_size(int batch_size, int block_size) {
   // At least 128 rows per shard (smaller products lose much of the BLAS rate and
   // every shard re-reads and re-writes a whole gradient buffer) and at most 16 shards.
-  const int min_rows = (128 + block_size - 1) / block_size;
-  return std::min(batch_size, std::max(min_rows, (batch_size + 15) / 16));
+  // In 64 bits: a batch size near INT_MAX (refused later, by the memory check) must not overflow here.
+  const int64_t min_rows = (128 + (int64_t)block_size - 1) / block_size;
+  return (int)std::min<int64_t>(batch_size, std::max<int64_t>(min_rows, ((int64_t)batch_size + 15) / 16));
+}
+
+int resolve_shard_size(int shard_size, int batch_size, int block_size) {
+  return shard_size > 0 ? shard_size : default_shard_size(batch_size, block_size);
 }
 
 // The shape checks run before the members that divide by it are built.
@@ -37,7 +42,7 @@ Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, u
                std::unique_ptr<Backend> backend)
     : cfg_(checked(cfg, batch_size)),
       batch_size_(batch_size),
-      shard_size_(shard_size > 0 ? shard_size : default_shard_size(batch_size, cfg.block_size)),
+      shard_size_(resolve_shard_size(shard_size, batch_size, cfg.block_size)),
       n_shards_((batch_size + shard_size_ - 1) / shard_size_),
       pool_(threads),
       backend_(backend ? std::move(backend) : throw std::invalid_argument("Engine: null backend")),

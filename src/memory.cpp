@@ -31,8 +31,7 @@ double estimate_activation_bytes(const Config& cfg, double n) {
 double estimate_train_bytes(const Config& cfg, int batch_size, int shard_size, int threads, int eval_iters) {
   const double T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer;
   const double P = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
-  const int shard = shard_size > 0 ? shard_size
-                                   : default_shard_size(std::min(batch_size, INT_MAX - 16), cfg.block_size);
+  const int shard = resolve_shard_size(shard_size, batch_size, cfg.block_size);
   const double n_shards = std::ceil((double)batch_size / shard);
   const double hw = tbb::info::default_concurrency();
   const double workers = std::min(n_shards, std::max<double>(threads > 0 ? threads : hw, hw));

@@ -228,7 +228,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& out) {
                              std::to_string(cfg.block_size + 1) + " needed");
 
   {
-    const int shard = o.shard_size > 0 ? o.shard_size : default_shard_size(std::min(o.batch_size, INT_MAX - 16), cfg.block_size);
+    const int shard = resolve_shard_size(o.shard_size, o.batch_size, cfg.block_size);
     char what[200];
     std::snprintf(what, sizeof what,
                   "training this model (n_layer %d, n_embd %d, block_size %d, vocabulary %d) with batch %d in shards "

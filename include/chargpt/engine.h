@@ -30,6 +30,8 @@ namespace chargpt {
 // shard and at most 16 shards (so up to 16 cores find work). It depends only on
 // the batch shape, never on the thread count.
 int default_shard_size(int batch_size, int block_size);
+// --shard-size as given (> 0), or the default.
+int resolve_shard_size(int shard_size, int batch_size, int block_size);
 
 struct StepTiming {
   double fwd_bwd_s = 0, reduce_opt_s = 0;
