@@ -227,13 +227,8 @@ double DataParallel::train_step(const std::vector<int32_t>& split, float lr, flo
   const double loss = e.batch_loss();
   const double norm = std::sqrt(e.grad_norm_sq());
   if (grad_norm) *grad_norm = norm;
-  if (!std::isfinite(loss) || !std::isfinite(norm)) {
-    note_agreed_failure();  // every rank sees the same loss and norm
-    throw std::runtime_error(std::string("non-finite ") + (!std::isfinite(loss) ? "loss" : "gradient norm") +
-                             " at step " + std::to_string(e.step() + 1) + " (loss " + std::to_string(loss) +
-                             ", gradient norm " + std::to_string(norm) + ")");
-  }
-  const float scale = (grad_clip > 0 && norm > grad_clip) ? (float)(grad_clip / norm) : 1.f;
+  if (!std::isfinite(loss) || !std::isfinite(norm)) note_agreed_failure();  // every rank sees the same loss and norm
+  const float scale = clip_scale(loss, norm, grad_clip, e.step() + 1);
   e.update(c0, c1, lr, scale, opt);
 
   t0 = Clock::now();

@@ -135,6 +135,15 @@ double Engine::grad_norm_sq() const {
   return sum;
 }
 
+float clip_scale(double loss, double norm, float grad_clip, int64_t step) {
+  if (!std::isfinite(loss) || !std::isfinite(norm)) {
+    throw std::runtime_error(std::string("non-finite ") + (!std::isfinite(loss) ? "loss" : "gradient norm") +
+                             " at step " + std::to_string(step) + " (loss " + std::to_string(loss) +
+                             ", gradient norm " + std::to_string(norm) + ")");
+  }
+  return (grad_clip > 0 && norm > grad_clip) ? (float)(grad_clip / norm) : 1.f;
+}
+
 double Engine::train_step(const std::vector<int32_t>& split, float lr, float grad_clip, const AdamW& opt,
                           double* grad_norm, StepTiming* timing) {
   sample_next_batch(split);
@@ -145,12 +154,7 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   reduce(0, chunks_.size());
   const double norm = std::sqrt(grad_norm_sq());
   if (grad_norm) *grad_norm = norm;
-  if (!std::isfinite(loss) || !std::isfinite(norm)) {
-    throw std::runtime_error(std::string("non-finite ") + (!std::isfinite(loss) ? "loss" : "gradient norm") +
-                             " at step " + std::to_string(step_ + 1) + " (loss " + std::to_string(loss) +
-                             ", gradient norm " + std::to_string(norm) + ")");
-  }
-  const float scale = (grad_clip > 0 && norm > grad_clip) ? (float)(grad_clip / norm) : 1.f;
+  const float scale = clip_scale(loss, norm, grad_clip, step_ + 1);
   update(0, chunks_.size(), lr, scale, opt);
   finish_step();
   const auto t3 = Clock::now();

@@ -140,9 +140,10 @@ TEST_CASE("engine: the phases over split ranges are one train_step, bit for bit"
   init_params(cfg, parts.params(), 5);
   const size_t K = parts.n_chunks(), P = parts.num_params();
   REQUIRE(K >= 3);
+  const float clip = 0.05f;
   for (int step = 0; step < 3; ++step) {
     double norm = 0;
-    const double loss = whole.train_step(split, 1e-2f, 0.05f, opt, &norm);
+    const double loss = whole.train_step(split, 1e-2f, clip, opt, &norm);
     parts.sample_next_batch(split);
     parts.forward_backward(3, 4);  // any order, any split
     parts.forward_backward(0, 3);
@@ -150,7 +151,7 @@ TEST_CASE("engine: the phases over split ranges are one train_step, bit for bit"
     parts.reduce(0, K / 2);
     CHECK(parts.batch_loss() == loss);
     CHECK(std::sqrt(parts.grad_norm_sq()) == norm);
-    const float scale = norm > 0.05 ? (float)(0.05 / norm) : 1.f;
+    const float scale = clip_scale(loss, norm, clip, step + 1);
     parts.update(0, 1, 1e-2f, scale, opt);
     parts.update(1, K, 1e-2f, scale, opt);
     parts.finish_step();
@@ -195,4 +196,17 @@ TEST_CASE("engine: every product goes through the backend and the weight hook co
   ref.weights_loaded();
   for (int s = 0; s < steps; ++s) ref.train_step(split, 1e-3f, 1.f, opt);
   CHECK(same_bits(ref.params(), e.params(), e.num_params()));
+}
+
+TEST_CASE("engine: clip_scale clips over the threshold in float and names the step of a non-finite loss or norm") {
+  CHECK(clip_scale(2.0, 0.5, 1.f, 1) == 1.f);
+  CHECK(clip_scale(2.0, 4.0, 1.f, 1) == 0.25f);
+  CHECK(clip_scale(2.0, 4.0, 0.f, 1) == 1.f);  // 0 turns clipping off
+  // The float threshold, widened, is what divides: not the decimal 0.05.
+  const double norm = 0.65559521647551733;
+  CHECK(clip_scale(2.0, norm, 0.05f, 1) == (float)((double)0.05f / norm));
+  CHECK_THROWS_WITH_AS(clip_scale(NAN, 1.0, 1.f, 7), "non-finite loss at step 7 (loss nan, gradient norm 1.000000)",
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(clip_scale(1.0, INFINITY, 1.f, 3), "non-finite gradient norm at step 3 (loss 1.000000, gradient norm inf)",
+                       std::runtime_error);
 }

@@ -33,6 +33,12 @@ int default_shard_size(int batch_size, int block_size);
 // --shard-size as given (> 0), or the default.
 int resolve_shard_size(int shard_size, int batch_size, int block_size);
 
+// The factor AdamW multiplies the reduced gradient by: grad_clip / norm when the
+// norm is over grad_clip (> 0), else 1. Throws, naming the step, when the loss or
+// the norm is not finite. Every training path calls this one function, so the
+// float rounding of the factor is the same everywhere.
+float clip_scale(double loss, double norm, float grad_clip, int64_t step);
+
 struct StepTiming {
   double fwd_bwd_s = 0, reduce_opt_s = 0;
 };
