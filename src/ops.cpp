@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 
 namespace chargpt {
@@ -62,24 +63,35 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
 }
 
 // ---------------------------------------------------------------------------
-// 16-wide float vectors (GCC vector extensions: one zmm with AVX-512, two ymm
-// with AVX2). Sums over a row keep 16 partial sums and add them up in a fixed
-// order at the end, so they vectorise and stay deterministic.
+// Float vectors as wide as the CPU's registers (GCC vector extensions): 16 lanes
+// in a zmm with AVX-512, 8 in a ymm with AVX/AVX2, 4 in an xmm otherwise. A
+// wider type than the registers is not split cleanly: GCC moves it through the
+// stack, which made the attention kernels 8x slower on an AVX2 CPU. Sums over a
+// row keep kW partial sums and add them up in a fixed order at the end, so they
+// vectorise and stay deterministic (for a given ISA; other CPUs give other bits
+// anyway, through OpenBLAS's kernels).
 
 namespace {
 
-using v16 = float __attribute__((vector_size(64)));
-constexpr int kW = 16;  // floats per v16
+#if defined(__AVX512F__)
+constexpr int kW = 16;  // floats per vf
+#elif defined(__AVX__)
+constexpr int kW = 8;
+#else
+constexpr int kW = 4;
+#endif
+using vf = float __attribute__((vector_size(kW * sizeof(float))));
+using vi = int32_t __attribute__((vector_size(kW * sizeof(int32_t))));
 
-inline v16 load16(const float* p) {
-  v16 v;
+inline vf loadv(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
-// Σ of the 16 lanes, in lane order.
-inline float hsum(v16 v) {
+// Σ of the kW lanes, in lane order.
+inline float hsum(vf v) {
   float s = 0.f;
   for (int i = 0; i < kW; ++i) s += v[i];
   return s;
@@ -87,9 +99,9 @@ inline float hsum(v16 v) {
 
 // Σ_c x[c] over a row of C floats.
 inline float row_sum(const float* x, int C) {
-  v16 acc = {};
+  vf acc = {};
   int c = 0;
-  for (; c + kW <= C; c += kW) acc += load16(x + c);
+  for (; c + kW <= C; c += kW) acc += loadv(x + c);
   float s = hsum(acc);
   for (; c < C; ++c) s += x[c];
   return s;
@@ -103,10 +115,10 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
   for (int r = 0; r < R; ++r) {
     const float* x = inp + (size_t)r * C;
     const float m = row_sum(x, C) / C;
-    v16 acc = {};
+    vf acc = {};
     int c = 0;
     for (; c + kW <= C; c += kW) {
-      const v16 d = load16(x + c) - m;
+      const vf d = loadv(x + c) - m;
       acc += d * d;
     }
     float var = hsum(acc);
@@ -128,11 +140,11 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     float* dx = dinp + (size_t)r * C;
     const float m = mean[r], s = rstd[r];
     // dnorm = d * w; dx = s * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
-    v16 acc_dnorm = {}, acc_dnorm_norm = {};
+    vf acc_dnorm = {}, acc_dnorm_norm = {};
     int c = 0;
     for (; c + kW <= C; c += kW) {
-      const v16 norm = (load16(x + c) - m) * s;
-      const v16 dnorm = load16(d + c) * load16(weight + c);
+      const vf norm = (loadv(x + c) - m) * s;
+      const vf dnorm = loadv(d + c) * loadv(weight + c);
       acc_dnorm += dnorm;
       acc_dnorm_norm += dnorm * norm;
     }
@@ -146,12 +158,12 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     dnorm_mean /= C;
     dnorm_norm_mean /= C;
     for (c = 0; c + kW <= C; c += kW) {
-      const v16 dv = load16(d + c);
-      const v16 norm = (load16(x + c) - m) * s;
-      const v16 dnorm = dv * load16(weight + c);
-      store16(dbias + c, load16(dbias + c) + dv);
-      store16(dweight + c, load16(dweight + c) + norm * dv);
-      store16(dx + c, load16(dx + c) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
+      const vf dv = loadv(d + c);
+      const vf norm = (loadv(x + c) - m) * s;
+      const vf dnorm = dv * loadv(weight + c);
+      storev(dbias + c, loadv(dbias + c) + dv);
+      storev(dweight + c, loadv(dweight + c) + norm * dv);
+      storev(dx + c, loadv(dx + c) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
     }
     for (; c < C; ++c) {
       const float norm = (x[c] - m) * s;
@@ -165,15 +177,14 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 
 // 2^n for a whole number n (|n| <= 127), straight into the exponent bits.
 static inline float pow2i(float n) { return std::bit_cast<float>(((int32_t)n + 127) << 23); }
-static inline v16 pow2i(v16 n) {
-  using vi16 = int32_t __attribute__((vector_size(64)));
-  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
-  v16 r;
+static inline vf pow2i(vf n) {
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf r;
   std::memcpy(&r, &bits, sizeof r);
   return r;
 }
 
-// exp(x) without libm, on a float or on 16 lanes: Cephes' range reduction and
+// exp(x) without libm, on a float or on a vf: Cephes' range reduction and
 // degree-5 polynomial (about 2 ulp), branch-free so that the softmax and GELU
 // loops vectorise. libm's tanhf alone was 40% of a training step before this.
 template <class V>
@@ -195,7 +206,7 @@ inline V exp_approx(V x) {
 // hd, e.g. 64 x 64 x 32): sgemm on the full square wastes half its work above
 // the diagonal and spends much of the rest on packing. These kernels skip the
 // upper triangle in 4-row blocks and keep their accumulators in registers,
-// 16 floats wide.
+// kW floats wide.
 // Every sum runs over its index in a fixed order, so results never depend on
 // the caller's threading.
 
@@ -203,12 +214,8 @@ namespace {
 
 constexpr int kRows = 4;  // rows per register block
 // Column groups per register block in the P·V-shaped kernels: 4 rows x 2 groups
-// = 8 accumulators fit AVX-512's 32 registers; with AVX2 a v16 takes two of 16.
-#ifdef __AVX512F__
+// = 8 accumulators, with room to spare in 16 (AVX2) or 32 (AVX-512) registers.
 constexpr int kPair = 2;
-#else
-constexpr int kPair = 1;
-#endif
 
 int padded(int T) { return (T + kW - 1) / kW * kW; }
 
@@ -223,19 +230,19 @@ void transpose_pad(float* XT, const float* X, int ldx, int T, int hd) {
 }
 
 // S[i, j] = alpha · Σ_d A[i, d] · BT[d, j] for the NR rows from i0, over the
-// 16-column groups up to the one holding column i0+NR-1 (the causal part plus
-// at most 15 columns of padding). S and BT have row stride Tp.
+// kW-column groups up to the one holding column i0+NR-1 (the causal part plus
+// at most kW-1 columns of padding). S and BT have row stride Tp.
 template <int NR>
 void scores_rows(float* S, const float* A, int lda, const float* BT, int Tp, int i0, int hd, float alpha) {
   const int groups = (i0 + NR - 1) / kW + 1;
   for (int g = 0; g < groups; ++g) {
-    v16 acc[NR] = {};
+    vf acc[NR] = {};
     const float* b = BT + g * kW;
     for (int d = 0; d < hd; ++d) {
-      const v16 bv = load16(b + (size_t)d * Tp);
+      const vf bv = loadv(b + (size_t)d * Tp);
       for (int r = 0; r < NR; ++r) acc[r] += A[(size_t)(i0 + r) * lda + d] * bv;
     }
-    for (int r = 0; r < NR; ++r) store16(S + (size_t)(i0 + r) * Tp + g * kW, acc[r] * alpha);
+    for (int r = 0; r < NR; ++r) storev(S + (size_t)(i0 + r) * Tp + g * kW, acc[r] * alpha);
   }
 }
 void causal_scores(float* S, const float* A, int lda, const float* BT, int T, int hd, float alpha) {
@@ -247,21 +254,21 @@ void causal_scores(float* S, const float* A, int lda, const float* BT, int T, in
 
 // Y[i, :hd] = alpha · Σ_{j<=i} P[i, j] · V[j, :hd] for the NR rows from i0.
 // Needs P[i, j] = 0 for i < j < i0+NR (zeros right of the diagonal in the block).
-// Columns go NC groups of 16 at a time, sharing each P[i, j] among them.
+// Columns go NC groups of kW at a time, sharing each P[i, j] among them.
 template <int NR, int NC>
 inline void lower_times_block(float* Y, int ldy, const float* P, int ldp, const float* V, int ldv, int i0, int c,
                               float alpha) {
-  v16 acc[NR][NC] = {};
+  vf acc[NR][NC] = {};
   for (int j = 0; j < i0 + NR; ++j) {
-    v16 vv[NC];
-    for (int k = 0; k < NC; ++k) vv[k] = load16(V + (size_t)j * ldv + c + k * kW);
+    vf vv[NC];
+    for (int k = 0; k < NC; ++k) vv[k] = loadv(V + (size_t)j * ldv + c + k * kW);
     for (int r = 0; r < NR; ++r) {
       const float p = P[(size_t)(i0 + r) * ldp + j];
       for (int k = 0; k < NC; ++k) acc[r][k] += p * vv[k];
     }
   }
   for (int r = 0; r < NR; ++r)
-    for (int k = 0; k < NC; ++k) store16(Y + (size_t)(i0 + r) * ldy + c + k * kW, acc[r][k] * alpha);
+    for (int k = 0; k < NC; ++k) storev(Y + (size_t)(i0 + r) * ldy + c + k * kW, acc[r][k] * alpha);
 }
 template <int NR>
 void lower_times_rows(float* Y, int ldy, const float* P, int ldp, const float* V, int ldv, int i0, int hd,
@@ -269,7 +276,7 @@ void lower_times_rows(float* Y, int ldy, const float* P, int ldp, const float* V
   int c = 0;
   for (; c + kPair * kW <= hd; c += kPair * kW) lower_times_block<NR, kPair>(Y, ldy, P, ldp, V, ldv, i0, c, alpha);
   for (; c + kW <= hd; c += kW) lower_times_block<NR, 1>(Y, ldy, P, ldp, V, ldv, i0, c, alpha);
-  for (; c < hd; ++c)  // columns beyond the last whole group of 16
+  for (; c < hd; ++c)  // columns beyond the last whole group of kW
     for (int r = 0; r < NR; ++r) {
       float acc = 0.f;
       for (int j = 0; j < i0 + NR; ++j) acc += P[(size_t)(i0 + r) * ldp + j] * V[(size_t)j * ldv + c];
@@ -287,17 +294,17 @@ void lower_times(float* Y, int ldy, const float* P, int ldp, const float* V, int
 template <int NR, int NC>
 inline void lower_t_times_block(float* Z, int ldz, const float* P, int ldp, const float* X, int ldx, int j0, int T,
                                 int c, float alpha) {
-  v16 acc[NR][NC] = {};
+  vf acc[NR][NC] = {};
   for (int i = j0; i < T; ++i) {
-    v16 xv[NC];
-    for (int k = 0; k < NC; ++k) xv[k] = load16(X + (size_t)i * ldx + c + k * kW);
+    vf xv[NC];
+    for (int k = 0; k < NC; ++k) xv[k] = loadv(X + (size_t)i * ldx + c + k * kW);
     for (int r = 0; r < NR; ++r) {
       const float p = P[(size_t)i * ldp + j0 + r];
       for (int k = 0; k < NC; ++k) acc[r][k] += p * xv[k];
     }
   }
   for (int r = 0; r < NR; ++r)
-    for (int k = 0; k < NC; ++k) store16(Z + (size_t)(j0 + r) * ldz + c + k * kW, acc[r][k] * alpha);
+    for (int k = 0; k < NC; ++k) storev(Z + (size_t)(j0 + r) * ldz + c + k * kW, acc[r][k] * alpha);
 }
 template <int NR>
 void lower_t_times_rows(float* Z, int ldz, const float* P, int ldp, const float* X, int ldx, int j0, int T, int hd,
@@ -319,10 +326,14 @@ void lower_t_times(float* Z, int ldz, const float* P, int ldp, const float* X, i
   for (; j < T; ++j) lower_t_times_rows<1>(Z, ldz, P, ldp, X, ldx, j, T, hd, alpha);
 }
 
-// Softmax rows go 16 columns at a time, including the group that holds the
+// Softmax rows go kW columns at a time, including the group that holds the
 // diagonal, with the lanes right of it masked; only where that group would run
-// past column T (T not a multiple of 16) does the rest of the row go scalar.
-const v16 kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+// past column T (T not a multiple of kW) does the rest of the row go scalar.
+template <int... K>
+constexpr vf lane_index(std::integer_sequence<int, K...>) {
+  return vf{(float)K...};
+}
+constexpr vf kLane = lane_index(std::make_integer_sequence<int, kW>{});  // {0, 1, ..., kW-1}
 
 // Columns [0, nv) of row i go on vectors.
 int vector_columns(int i, int T) {
@@ -330,26 +341,26 @@ int vector_columns(int i, int T) {
   return group_end <= T ? group_end : (i + 1) / kW * kW;
 }
 
-// p[0..i] = softmax(s[0..i]), p[i+1..T) = 0. s has room for whole groups of 16
+// p[0..i] = softmax(s[0..i]), p[i+1..T) = 0. s has room for whole groups of kW
 // up to the one holding column i (the scores kernel fills them).
 void causal_softmax_row(float* p, const float* s, int i, int T) {
   const int n = i + 1, nv = vector_columns(i, T);
   const float fi = (float)i, neg_inf = -std::numeric_limits<float>::infinity();
   float mx = s[0];
   if (nv) {
-    v16 m = {};
+    vf m = {};
     m += neg_inf;
     for (int j = 0; j < nv; j += kW) {
-      const v16 x = kLane + (float)j <= fi ? load16(s + j) : neg_inf;
+      const vf x = kLane + (float)j <= fi ? loadv(s + j) : neg_inf;
       m = x > m ? x : m;
     }
     for (int k = 0; k < kW; ++k) mx = m[k] > mx ? m[k] : mx;
   }
   for (int j = nv; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
-  v16 acc = {};
+  vf acc = {};
   for (int j = 0; j < nv; j += kW) {
-    const v16 e = kLane + (float)j <= fi ? exp_approx(load16(s + j) - mx) : 0.f;
-    store16(p + j, e);
+    const vf e = kLane + (float)j <= fi ? exp_approx(loadv(s + j) - mx) : 0.f;
+    storev(p + j, e);
     acc += e;
   }
   float sum = hsum(acc);
@@ -358,7 +369,7 @@ void causal_softmax_row(float* p, const float* s, int i, int T) {
     sum += p[j];
   }
   const float inv = 1.f / sum;
-  for (int j = 0; j < nv; j += kW) store16(p + j, load16(p + j) * inv);
+  for (int j = 0; j < nv; j += kW) storev(p + j, loadv(p + j) * inv);
   for (int j = nv; j < n; ++j) p[j] *= inv;
   for (int j = std::max(n, nv); j < T; ++j) p[j] = 0.f;
 }
@@ -368,12 +379,12 @@ void causal_softmax_row(float* p, const float* s, int i, int T) {
 void causal_softmax_backward_row(float* d, const float* p, int i, int T, int zero_end) {
   const int n = i + 1, nv = vector_columns(i, T);
   const float fi = (float)i;
-  v16 acc = {};
-  for (int j = 0; j < nv; j += kW) acc += kLane + (float)j <= fi ? load16(p + j) * load16(d + j) : 0.f;
+  vf acc = {};
+  for (int j = 0; j < nv; j += kW) acc += kLane + (float)j <= fi ? loadv(p + j) * loadv(d + j) : 0.f;
   float dot = hsum(acc);
   for (int j = nv; j < n; ++j) dot += p[j] * d[j];
   for (int j = 0; j < nv; j += kW)
-    store16(d + j, kLane + (float)j <= fi ? load16(p + j) * (load16(d + j) - dot) : 0.f);
+    storev(d + j, kLane + (float)j <= fi ? loadv(p + j) * (loadv(d + j) - dot) : 0.f);
   for (int j = nv; j < n; ++j) d[j] = p[j] * (d[j] - dot);
   for (int j = std::max(n, nv); j < zero_end; ++j) d[j] = 0.f;  // (the vector groups zeroed up to nv)
 }
@@ -434,7 +445,7 @@ static constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
 
 // 0.5·(1 + tanh(u)) = sigmoid(2u) = e/(e+1) with e = exp(2u), and 1 - sigmoid =
 // 1/(e+1): neither side cancels, so GELU and its slope stay accurate for any x.
-// Templated on float or v16, so the vector loops and their scalar tails share one formula.
+// Templated on float or vf, so the vector loops and their scalar tails share one formula.
 template <class V>
 struct Sigmoid2 {
   V s, one_minus_s;
@@ -462,7 +473,7 @@ void gelu_forward(float* out, const float* inp, size_t n, uint16_t* out16) {
   size_t i = 0;
   while (i + kW <= n) {
     const size_t b0 = i, b1 = std::min(n, b0 + kBlock);
-    for (; i + kW <= b1; i += kW) store16(out + i, gelu_value(load16(inp + i)));
+    for (; i + kW <= b1; i += kW) storev(out + i, gelu_value(loadv(inp + i)));
     if (out16) to_bf16(out16 + b0, out + b0, i - b0);
   }
   const size_t t0 = i;
@@ -472,7 +483,7 @@ void gelu_forward(float* out, const float* inp, size_t n, uint16_t* out16) {
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   size_t i = 0;
-  for (; i + kW <= n; i += kW) store16(dinp + i, gelu_slope(load16(inp + i)) * load16(dout + i));
+  for (; i + kW <= n; i += kW) storev(dinp + i, gelu_slope(loadv(inp + i)) * loadv(dout + i));
   for (; i < n; ++i) dinp[i] = gelu_slope(inp[i]) * dout[i];
 }
 

@@ -25,18 +25,24 @@ void adamw_update(float* params, const float* grads, float* m, float* v, size_t 
 }
 
 double sum_of_squares(const float* x, size_t n) {
-  using v8f = float __attribute__((vector_size(32)));
-  using v8d = double __attribute__((vector_size(64)));
-  v8d acc = {};
+  // 8 double lanes, summed in lane order at the end. Held as two halves of 4 (one
+  // ymm each): a 64-byte vector on a CPU without AVX-512 goes through the stack.
+  // Each lane sees the same operations either way, so the sum has the same bits.
+  using v4f = float __attribute__((vector_size(16)));
+  using v4d = double __attribute__((vector_size(32)));
+  v4d lo = {}, hi = {};
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    v8f xf;
-    std::memcpy(&xf, x + i, sizeof xf);
-    const v8d xd = __builtin_convertvector(xf, v8d);
-    acc += xd * xd;
+    v4f a, b;
+    std::memcpy(&a, x + i, sizeof a);
+    std::memcpy(&b, x + i + 4, sizeof b);
+    const v4d da = __builtin_convertvector(a, v4d), db = __builtin_convertvector(b, v4d);
+    lo += da * da;
+    hi += db * db;
   }
   double s = 0;
-  for (int k = 0; k < 8; ++k) s += acc[k];
+  for (int k = 0; k < 4; ++k) s += lo[k];
+  for (int k = 0; k < 4; ++k) s += hi[k];
   for (; i < n; ++i) s += (double)x[i] * x[i];
   return s;
 }
