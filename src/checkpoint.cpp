@@ -63,6 +63,25 @@ int64_t json_int(const json& v, int64_t lo, uint64_t hi, const std::string& what
 
 std::string checksum_of(const std::string& data) { return kChecksumAlgo + hex64(fnv64_words(data.data(), data.size())); }
 
+// The header checksum of a header (see kHeaderChecksumKey): over its dump without that key.
+std::string header_checksum_of(json header) {
+  auto meta = header.find("__metadata__");
+  if (meta != header.end() && meta->is_object()) meta->erase(kHeaderChecksumKey);
+  return checksum_of(header.dump());
+}
+
+// Refuses a header whose checksum of ours does not match it; one without is let through.
+void verify_header_checksum(const json& header, const std::string& path) {
+  auto meta = header.find("__metadata__");
+  if (meta == header.end() || !meta->is_object()) return;
+  auto ck = meta->find(kHeaderChecksumKey);
+  if (ck == meta->end() || !ck->is_string() || !ck->get<std::string>().starts_with(kChecksumAlgo)) return;
+  const std::string recorded = ck->get<std::string>(), actual = header_checksum_of(header);
+  if (recorded != actual)
+    throw std::runtime_error("'" + path + "' is corrupt: its header (metadata and tensor list) does not match the " +
+                             "checksum in it (recorded " + recorded.substr(0, 60) + ", computed " + actual + ")");
+}
+
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s;
   for (auto d : shape) s += (s.empty() ? "" : ",") + std::to_string(d);
@@ -104,6 +123,7 @@ std::string write_file_synced(const std::string& path, const std::vector<TensorR
     header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
     offset += n;
   }
+  header["__metadata__"][kHeaderChecksumKey] = header_checksum_of(header);
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');  // align the data to 8 bytes, as the reference writer does
   const uint64_t hlen = h.size();
@@ -213,6 +233,7 @@ SafetensorsFile parse_safetensors(std::string bytes, const std::string& path) {
     throw bad(std::string("header is not JSON (") + e.what() + ")");
   }
   if (!header.is_object()) throw bad("header is not a JSON object");
+  verify_header_checksum(header, path);
   SafetensorsFile f;
   f.path = path;
   f.meta = metadata_of(header, bad);
@@ -299,6 +320,7 @@ Metadata read_safetensors_metadata(const std::string& path) {
     throw bad(std::string("header is not JSON (") + e.what() + ")");
   }
   if (!header.is_object()) throw bad("header is not a JSON object");
+  verify_header_checksum(header, path);
   return metadata_of(header, bad);
 }
 

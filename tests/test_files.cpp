@@ -180,6 +180,47 @@ TEST_CASE("files: a flipped byte in the tensor data is reported as corruption, n
   CHECK(fnv64_words("a", 1) == 0xaf63dc4c8601ec8cull);  // FNV-1a 64 of "a"
 }
 
+TEST_CASE("files: a changed character in the metadata or the tensor list is reported as corruption, naming the file") {
+  TempDir dir("files");
+  const std::string path = dir / "meta.safetensors";
+  save_tiny(path);
+  const std::string bytes = slurp(path);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const std::string header = bytes.substr(8, n);
+  REQUIRE(header.find(std::string("\"") + kHeaderChecksumKey + "\":\"" + kChecksumAlgo) != std::string::npos);
+  CHECK(read_safetensors_metadata(path).at(kHeaderChecksumKey).size() == std::string(kChecksumAlgo).size() + 16);
+  // Each edit keeps the file loadable without the checksum: a vocabulary character
+  // (silently wrong text), a config digit, a tensor's data offset.
+  const auto vocab_at = header.find("ab", header.find("\"vocab\":\""));  // the 'a' of the tiny vocabulary
+  const auto cfg_at = header.find("n_layer\\\":") + 10;  // in the config's escaped JSON string
+  REQUIRE(header.substr(cfg_at, 1) == "2");
+  for (const auto& [at, to] : {std::pair{vocab_at, 'Z'}, std::pair{cfg_at, '3'}}) {
+    std::string bad = bytes;
+    bad[8 + at] = to;
+    spit(path, bad);
+    CAPTURE(header.substr(at, 12));
+    CAPTURE(error_of([&] { load_model(path); }));
+    const std::string want = "'" + path + "' is corrupt: its header (metadata and tensor list) does not match the checksum";
+    CHECK(error_of([&] { load_model(path); }).starts_with(want));
+    CHECK(error_of([&] { read_safetensors_metadata(path); }).starts_with(want));
+    auto r = run_cli("sample --tokens 3 --checkpoint " + path);
+    CHECK(r.status == 1);
+    CHECK(contains(r.output, want));
+  }
+  // Without the header checksum the vocabulary edit loads: what the checksum is there for.
+  spit(path, bytes);
+  edit_header(path, [](json& h) {
+    std::string v = h["__metadata__"]["vocab"];
+    v[0] = 'Z';
+    h["__metadata__"]["vocab"] = v;
+  });
+  Metadata meta;
+  CHECK_NOTHROW(load_model(path, &meta));
+  CHECK(meta["vocab"][0] == 'Z');
+  CHECK(meta.count(kHeaderChecksumKey) == 0);
+}
+
 TEST_CASE("files: a checkpoint without a checksum still loads, and the commands say so") {
   TempDir dir("files");
   const std::string path = dir / "foreign.safetensors";

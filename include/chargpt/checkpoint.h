@@ -31,9 +31,14 @@ using Metadata = std::map<std::string, std::string>;
 // then 16 hex digits of hash.h's fnv64_words over every byte after the header).
 inline constexpr const char* kChecksumKey = "data_checksum";
 inline constexpr const char* kChecksumAlgo = "fnv1a64w32:";
+// The metadata key of the header checksum: the same algorithm over the header's
+// JSON as nlohmann-json dumps it (keys sorted, no spaces) without this one key. It
+// covers the metadata (vocab, config, step, data hash, the data checksum) and the
+// tensor entries. Files written before it existed have none and load as before.
+inline constexpr const char* kHeaderChecksumKey = "header_checksum";
 
 // Writes `path` atomically (temp file in the same directory, fsync, rename).
-// Adds the data checksum to the metadata.
+// Adds the data and header checksums to the metadata.
 void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors, const Metadata& meta);
 
 struct SafetensorsFile {
