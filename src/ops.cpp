@@ -232,18 +232,31 @@ void transpose_pad(float* XT, const float* X, int ldx, int T, int hd) {
 // S[i, j] = alpha · Σ_d A[i, d] · BT[d, j] for the NR rows from i0, over the
 // kW-column groups up to the one holding column i0+NR-1 (the causal part plus
 // at most kW-1 columns of padding). S and BT have row stride Tp.
+// NC groups at a time share each A[i, d] among them: 4 rows x 2 groups = 8
+// independent sums, enough to cover the FMA latency (4 were not). The order of
+// each sum over d is the same for any NC, so the result's bits are too.
+template <int NR, int NC>
+inline void scores_block(float* S, const float* A, int lda, const float* BT, int Tp, int i0, int g, int hd,
+                         float alpha) {
+  vf acc[NR][NC] = {};
+  const float* b = BT + g * kW;
+  for (int d = 0; d < hd; ++d) {
+    vf bv[NC];
+    for (int k = 0; k < NC; ++k) bv[k] = loadv(b + (size_t)d * Tp + k * kW);
+    for (int r = 0; r < NR; ++r) {
+      const float a = A[(size_t)(i0 + r) * lda + d];
+      for (int k = 0; k < NC; ++k) acc[r][k] += a * bv[k];
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int k = 0; k < NC; ++k) storev(S + (size_t)(i0 + r) * Tp + (g + k) * kW, acc[r][k] * alpha);
+}
 template <int NR>
 void scores_rows(float* S, const float* A, int lda, const float* BT, int Tp, int i0, int hd, float alpha) {
   const int groups = (i0 + NR - 1) / kW + 1;
-  for (int g = 0; g < groups; ++g) {
-    vf acc[NR] = {};
-    const float* b = BT + g * kW;
-    for (int d = 0; d < hd; ++d) {
-      const vf bv = loadv(b + (size_t)d * Tp);
-      for (int r = 0; r < NR; ++r) acc[r] += A[(size_t)(i0 + r) * lda + d] * bv;
-    }
-    for (int r = 0; r < NR; ++r) storev(S + (size_t)(i0 + r) * Tp + g * kW, acc[r] * alpha);
-  }
+  int g = 0;
+  for (; g + kPair <= groups; g += kPair) scores_block<NR, kPair>(S, A, lda, BT, Tp, i0, g, hd, alpha);
+  for (; g < groups; ++g) scores_block<NR, 1>(S, A, lda, BT, Tp, i0, g, hd, alpha);
 }
 void causal_scores(float* S, const float* A, int lda, const float* BT, int T, int hd, float alpha) {
   const int Tp = padded(T);
