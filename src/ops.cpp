@@ -73,7 +73,9 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
 
 namespace {
 
-#if defined(__AVX512F__)
+#if defined(CHARGPT_OPS_WIDTH)  // the tests' builds of each width (tests/ops_width.inc)
+constexpr int kW = CHARGPT_OPS_WIDTH;
+#elif defined(__AVX512F__)
 constexpr int kW = 16;  // floats per vf
 #elif defined(__AVX__)
 constexpr int kW = 8;

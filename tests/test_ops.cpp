@@ -23,6 +23,7 @@
 #include "chargpt/ops.h"
 #include "chargpt/ref_ops.h"
 #include "chargpt/rng.h"
+#include "ops_widths.h"
 
 using namespace chargpt;
 
@@ -181,14 +182,16 @@ TEST_CASE("op: layernorm forward matches reference") {
   struct Shape {
     int R, C;
   };
+  for (const test::OpsAtWidth& ops : test::ops_at_every_width())
   for (Shape s : {Shape{7, 12}, Shape{128, 128}}) {
+    CAPTURE(ops.width);
     CAPTURE(s.R);
     CAPTURE(s.C);
     Rng rng(201);
     const VF inp = randn(rng, (size_t)s.R * s.C, 1.7, 0.6);  // non-zero mean, non-unit variance
     const VF w = randn(rng, s.C, 0.3, 1.0), b = randn(rng, s.C, 0.5);
     VF out = nans((size_t)s.R * s.C), mean = nans(s.R), rstd = nans(s.R);
-    layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), s.R, s.C);
+    ops.layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), s.R, s.C, nullptr);
     VD rout(out.size()), rmean(s.R), rrstd(s.R);
     ref::layernorm_forward(rout.data(), rmean.data(), rrstd.data(), to_d(inp).data(), to_d(w).data(),
                            to_d(b).data(), s.R, s.C);
@@ -202,7 +205,9 @@ TEST_CASE("op: layernorm backward matches reference (dinp, dweight, dbias all +=
   struct Shape {
     int R, C;
   };
+  for (const test::OpsAtWidth& ops : test::ops_at_every_width())
   for (Shape s : {Shape{7, 12}, Shape{128, 128}}) {
+    CAPTURE(ops.width);
     CAPTURE(s.R);
     CAPTURE(s.C);
     const int R = s.R, C = s.C;
@@ -211,15 +216,15 @@ TEST_CASE("op: layernorm backward matches reference (dinp, dweight, dbias all +=
     const VF w = randn(rng, C, 0.3, 1.0), b = randn(rng, C, 0.5);
     const VF dout = randn(rng, (size_t)R * C);
     VF out((size_t)R * C), mean(R), rstd(R);
-    layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), R, C);
+    ops.layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), R, C, nullptr);
     VD rout(out.size()), rmean(R), rrstd(R);
     ref::layernorm_forward(rout.data(), rmean.data(), rrstd.data(), to_d(inp).data(), to_d(w).data(),
                            to_d(b).data(), R, C);
     // every gradient here is +=: pre-fill with random values, the same in both
     VF dinp = randn(rng, (size_t)R * C), dw = randn(rng, C), db = randn(rng, C);
     VD rdinp = to_d(dinp), rdw = to_d(dw), rdb = to_d(db);
-    layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), mean.data(),
-                       rstd.data(), R, C);
+    ops.layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), mean.data(),
+                           rstd.data(), R, C);
     ref::layernorm_backward(rdinp.data(), rdw.data(), rdb.data(), to_d(dout).data(), to_d(inp).data(),
                             to_d(w).data(), rmean.data(), rrstd.data(), R, C);
     CHECK_CLOSE("layernorm dinp", dinp, rdinp, kTolFloat);
@@ -362,18 +367,21 @@ struct AttShape {
   int N, T, C, NH;
 };
 // odd small shapes (hd = 4, hd = 3, a single head, T = 1), then ones that end the kernels' 4-row blocks
-// and 16-float groups part-way (hd = 30, T = 37; hd = 48, T = 50), then the product's (hd = 32)
+// and 4-, 8- and 16-float groups part-way (hd = 30, T = 37; hd = 48, T = 50), then the product's (hd = 32)
 const AttShape kAttShapes[] = {{2, 9, 12, 3}, {3, 5, 15, 5}, {1, 6, 8, 1},  {2, 1, 12, 3},
                                {2, 37, 60, 2}, {1, 50, 96, 2}, {2, 64, 128, 4}};
 // attention_forward with its scratch full of NaN: nothing may read scratch it has not written
-void attention_fwd(float* out, float* probs, const float* qkv, int N, int T, int C, int NH) {
-  VF scratch = nans(attention_scratch_floats(T, C / NH));
-  attention_forward(out, probs, scratch.data(), qkv, N, T, C, NH);
+void attention_fwd(float* out, float* probs, const float* qkv, int N, int T, int C, int NH,
+                   const test::OpsAtWidth& ops = test::ops_at_every_width()[0]) {
+  VF scratch = nans(ops.attention_scratch_floats(T, C / NH));
+  ops.attention_forward(out, probs, scratch.data(), qkv, N, T, C, NH);
 }
 }  // namespace
 
 TEST_CASE("op: attention forward matches reference") {
+  for (const test::OpsAtWidth& ops : test::ops_at_every_width())
   for (const AttShape& s : kAttShapes) {
+    CAPTURE(ops.width);
     CAPTURE(s.N);
     CAPTURE(s.T);
     CAPTURE(s.C);
@@ -381,7 +389,7 @@ TEST_CASE("op: attention forward matches reference") {
     Rng rng(401);
     const VF qkv = randn(rng, (size_t)s.N * s.T * 3 * s.C, 1.5);  // peaky enough softmaxes
     VF out = nans((size_t)s.N * s.T * s.C), probs = nans((size_t)s.N * s.NH * s.T * s.T);
-    attention_fwd(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH);
+    attention_fwd(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH, ops);
     VD rout(out.size()), rprobs(probs.size());
     ref::attention_forward(rout.data(), rprobs.data(), to_d(qkv).data(), s.N, s.T, s.C, s.NH);
     CHECK_CLOSE("attention out", out, rout, kTolFloat);
@@ -390,7 +398,9 @@ TEST_CASE("op: attention forward matches reference") {
 }
 
 TEST_CASE("op: attention backward matches reference (dqkv =)") {
+  for (const test::OpsAtWidth& ops : test::ops_at_every_width())
   for (const AttShape& s : kAttShapes) {
+    CAPTURE(ops.width);
     CAPTURE(s.N);
     CAPTURE(s.T);
     CAPTURE(s.C);
@@ -399,12 +409,12 @@ TEST_CASE("op: attention backward matches reference (dqkv =)") {
     const VF qkv = randn(rng, (size_t)s.N * s.T * 3 * s.C, 1.5);
     const VF dout = randn(rng, (size_t)s.N * s.T * s.C);
     VF out((size_t)s.N * s.T * s.C), probs((size_t)s.N * s.NH * s.T * s.T);
-    attention_fwd(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH);
+    attention_fwd(out.data(), probs.data(), qkv.data(), s.N, s.T, s.C, s.NH, ops);
     VD rout(out.size()), rprobs(probs.size());
     const VD dqkv_in = to_d(qkv);
     ref::attention_forward(rout.data(), rprobs.data(), dqkv_in.data(), s.N, s.T, s.C, s.NH);
-    VF dqkv = nans(qkv.size()), scratch = nans(attention_scratch_floats(s.T, s.C / s.NH));  // garbage: dqkv is written (=)
-    attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), probs.data(), s.N, s.T, s.C, s.NH);
+    VF dqkv = nans(qkv.size()), scratch = nans(ops.attention_scratch_floats(s.T, s.C / s.NH));  // garbage: dqkv is written (=)
+    ops.attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), probs.data(), s.N, s.T, s.C, s.NH);
     VD rdqkv(qkv.size(), 12345.0);
     ref::attention_backward(rdqkv.data(), to_d(dout).data(), dqkv_in.data(), rprobs.data(), s.N, s.T, s.C, s.NH);
     CHECK_CLOSE("attention dqkv", dqkv, rdqkv, kTolFloat);
@@ -517,10 +527,12 @@ static VF gelu_sweep() {
 }
 
 TEST_CASE("op: gelu forward matches reference") {
+  for (const test::OpsAtWidth& ops : test::ops_at_every_width())
   for (const VF& x : {gelu_inputs(501, 1001), gelu_sweep()}) {
+    CAPTURE(ops.width);
     CAPTURE(x.size());
     VF out = nans(x.size());
-    gelu_forward(out.data(), x.data(), x.size());
+    ops.gelu_forward(out.data(), x.data(), x.size(), nullptr);
     VD ref(x.size());
     ref::gelu_forward(ref.data(), to_d(x).data(), x.size());
     CHECK_CLOSE_F("gelu out", out, ref, kTolGelu, 1.0);
@@ -531,19 +543,21 @@ TEST_CASE("op: gelu backward matches reference, also in place (dinp == dout)") {
   const VF xr = gelu_inputs(502, 1001), xs = gelu_sweep();
   Rng rng(503);
   const VF doutr = randn(rng, xr.size()), douts(xs.size(), 1.0f);
+  for (const test::OpsAtWidth& ops : test::ops_at_every_width())
   for (int k = 0; k < 2; ++k) {
     const VF& x = k == 0 ? xr : xs;
     const VF& dout = k == 0 ? doutr : douts;
+    CAPTURE(ops.width);
     CAPTURE(x.size());
     VF dinp = nans(x.size());
-    gelu_backward(dinp.data(), x.data(), dout.data(), x.size());
+    ops.gelu_backward(dinp.data(), x.data(), dout.data(), x.size());
     VD ref(x.size());
     ref::gelu_backward(ref.data(), to_d(x).data(), to_d(dout).data(), x.size());
     double dmax = 0;
     for (float d : dout) dmax = std::max(dmax, (double)std::fabs(d));
     CHECK_CLOSE_F("gelu dinp", dinp, ref, kTolGeluGrad, dmax);
     VF inplace = dout;
-    gelu_backward(inplace.data(), x.data(), inplace.data(), x.size());
+    ops.gelu_backward(inplace.data(), x.data(), inplace.data(), x.size());
     CHECK(bit_equal(inplace.data(), dinp.data(), x.size()));
   }
 }
