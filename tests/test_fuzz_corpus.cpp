@@ -43,6 +43,8 @@ TEST_CASE("fuzz corpus: the checkpoint seeds load or are refused with the expect
   CHECK(err("no_checksum.safetensors") == "");
   CHECK(err("truncated.safetensors").find("is not a valid safetensors file") != std::string::npos);
   CHECK(err("flipped.safetensors").find("is corrupt") != std::string::npos);
+  CHECK(err("real_tiny_header_checksum.safetensors") == "");  // written with the header checksum
+  CHECK(err("header_flipped.safetensors").find("is corrupt: its header") != std::string::npos);  // vocab 'b' -> 'x'
   CHECK(err("n_layer_50000.safetensors").find("it needs 600004 tensors") != std::string::npos);
   CHECK(err("n_embd_overflow.safetensors").find("parameter count overflows") != std::string::npos);
   CHECK(err("n_layer_float.safetensors").find("n_layer 1.5 is not an integer") != std::string::npos);
