@@ -227,8 +227,13 @@ double DataParallel::train_step(const std::vector<int32_t>& split, float lr, flo
   const double loss = e.batch_loss();
   const double norm = std::sqrt(e.grad_norm_sq());
   if (grad_norm) *grad_norm = norm;
-  if (!std::isfinite(loss) || !std::isfinite(norm)) note_agreed_failure();  // every rank sees the same loss and norm
-  const float scale = clip_scale(loss, norm, grad_clip, e.step() + 1);
+  float scale;
+  try {
+    scale = clip_scale(loss, norm, grad_clip, e.step() + 1);
+  } catch (const std::runtime_error&) {
+    note_agreed_failure();  // a non-finite loss or norm: every rank sees the same ones and stops alike
+    throw;
+  }
   e.update(c0, c1, lr, scale, opt);
 
   t0 = Clock::now();
