@@ -22,15 +22,19 @@ struct OpsAtWidth {
   decltype(&chargpt::gelu_backward) gelu_backward;
 };
 
+// The table of namespace NS's ops (the library's chargpt, or a test build's).
+#define CHARGPT_OPS_AT(NS, WIDTH)                                                                      \
+  ::chargpt::test::OpsAtWidth {                                                                        \
+    WIDTH, &NS::layernorm_forward, &NS::layernorm_backward, &NS::attention_forward,                    \
+        &NS::attention_backward, &NS::attention_scratch_floats, &NS::gelu_forward, &NS::gelu_backward \
+  }
+
 OpsAtWidth ops_width4();
 OpsAtWidth ops_width8();
 OpsAtWidth ops_width16();
 
-inline std::vector<OpsAtWidth> ops_at_every_width() {
-  return {{0, &chargpt::layernorm_forward, &chargpt::layernorm_backward, &chargpt::attention_forward,
-           &chargpt::attention_backward, &chargpt::attention_scratch_floats, &chargpt::gelu_forward,
-           &chargpt::gelu_backward},
-          ops_width4(), ops_width8(), ops_width16()};
-}
+inline OpsAtWidth native_ops() { return CHARGPT_OPS_AT(chargpt, 0); }
+
+inline std::vector<OpsAtWidth> ops_at_every_width() { return {native_ops(), ops_width4(), ops_width8(), ops_width16()}; }
 
 }  // namespace chargpt::test

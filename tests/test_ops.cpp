@@ -372,7 +372,7 @@ const AttShape kAttShapes[] = {{2, 9, 12, 3}, {3, 5, 15, 5}, {1, 6, 8, 1},  {2, 
                                {2, 37, 60, 2}, {1, 50, 96, 2}, {2, 64, 128, 4}};
 // attention_forward with its scratch full of NaN: nothing may read scratch it has not written
 void attention_fwd(float* out, float* probs, const float* qkv, int N, int T, int C, int NH,
-                   const test::OpsAtWidth& ops = test::ops_at_every_width()[0]) {
+                   const test::OpsAtWidth& ops = test::native_ops()) {
   VF scratch = nans(ops.attention_scratch_floats(T, C / NH));
   ops.attention_forward(out, probs, scratch.data(), qkv, N, T, C, NH);
 }
