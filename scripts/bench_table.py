@@ -56,31 +56,23 @@ def run_json(cmd, env=None):
     return json.loads(lines[-1]) if lines[-1].startswith("{") else json.loads(p.stdout)
 
 
-def cpu_flags():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+def field(text, key, default=""):
+    """The value after 'key:' on the first line of text that starts with it (/proc/cpuinfo, chargpt info)."""
+    return next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith(key)), default)
 
 
-def cpu_model():
+def read_cpuinfo():
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return open("/proc/cpuinfo").read()
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return ""
 
 
 def skip_reason(info, backend, precision):
     """Why this build or CPU cannot run a setting, or None."""
-    backends = next((l for l in info.splitlines() if l.startswith("backends:")), "")
-    if backend not in backends:
-        return f"{backend} not compiled in ({backends.strip() or 'no backends line'})"
+    backends = field(info, "backends:")
+    if backend not in backends.split(", "):
+        return f"{backend} not compiled in (backends: {backends or 'none listed'})"
     if precision == "bf16" and "amx_bf16 yes" not in info:
         return "no AMX on this CPU (chargpt refuses --precision bf16 without it)"
     return None
@@ -122,7 +114,8 @@ def main():
     py = "/usr/bin/python3"
     if subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0:
         fail(f"{py} cannot import torch (sudo apt-get install -y python3-torch)")
-    flags = cpu_flags()
+    cpuinfo = read_cpuinfo()
+    flags = set(field(cpuinfo, "flags").split())
     torch_bf16 = {"on": True, "off": False}.get(a.torch_bf16, bool(flags & {"amx_bf16", "avx512_bf16"}))
 
     info = subprocess.run([a.chargpt, "info"], capture_output=True, text=True).stdout
@@ -161,9 +154,10 @@ def main():
     load_after = open("/proc/loadavg").read().split()[:3]
 
     out = []
-    isa = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("cpu:")), "?")
-    blas = next((l.split("(core", 1)[-1].rstrip(")").strip() for l in info.splitlines() if l.startswith("blas:")), "?")
-    out.append(f"{cpu_model()} ({isa}; OpenBLAS kernels {blas}), {os.cpu_count()} hardware threads; "
+    isa = field(info, "cpu:", "?")
+    blas = field(info, "blas:", "?").split("(core", 1)[-1].rstrip(")").strip()
+    model = field(cpuinfo, "model name", platform.processor() or "unknown CPU")
+    out.append(f"{model} ({isa}; OpenBLAS kernels {blas}), {os.cpu_count()} hardware threads; "
                f"chargpt {a.threads} threads; "
                f"{a.rounds} interleaved rounds; load average before {' '.join(load_before)}, after "
                f"{' '.join(load_after)}; {time.time() - t_start:.0f} s")
