@@ -4,7 +4,7 @@
 # over at most JOBS targets at once (default: nproc).
 # Usage: scripts/fuzz.sh [SECONDS] [extra libFuzzer flags...]
 # A crash leaves its input in build-fuzz/crashes/TARGET/ and makes the script fail;
-# copy it to tests/fuzz/regressions/ and add a case to tests/test_fuzz_regressions.cpp.
+# copy it to tests/fuzz/regressions/ and add a case to tests/io/test_fuzz_corpus.cpp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}

@@ -11,11 +11,11 @@
 #include <sstream>
 #include <string>
 
-#include "chargpt/checkpoint.h"
-#include "chargpt/model.h"
-#include "chargpt/rng.h"
-#include "chargpt/tokenizer.h"
-#include "chargpt/train.h"
+#include "io/checkpoint.h"
+#include "model/model.h"
+#include "base/rng.h"
+#include "io/tokenizer.h"
+#include "train/train.h"
 
 namespace chargpt::test {
 

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "chargpt/checkpoint.h"
+#include "io/checkpoint.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

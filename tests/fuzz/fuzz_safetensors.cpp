@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "chargpt/checkpoint.h"
+#include "io/checkpoint.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "chargpt/tokenizer.h"
+#include "io/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);

@@ -1,0 +1,110 @@
+// The OpenBLAS fp32 backend: the default and the reference. The only file
+// that calls OpenBLAS. sgemm runs single-threaded inside our oneTBB tasks.
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <cblas.h>
+
+#include "backend/backend_impl.h"
+#include "ops/ops.h"
+
+namespace chargpt {
+
+namespace {
+
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+           int ldb, float beta, float* C, int ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+              alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// OpenBLAS must not spawn threads of its own: parallelism is ours (oneTBB).
+// Once per process, before the first product.
+void blas_single_threaded() {
+  static const bool once = (openblas_set_num_threads(1), true);
+  (void)once;
+}
+
+class OpenBlasBackend final : public Backend {
+ public:
+  OpenBlasBackend() { blas_single_threaded(); }
+  std::string name() const override { return "openblas fp32"; }
+  void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC,
+                      int OC) override {
+    matmul_forward(out, inp, weight, bias, R, IC, OC);
+  }
+  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                       const float* weight, int R, int IC, int OC, bool accumulate) override {
+    matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, IC, OC, accumulate);
+  }
+  void matvec_forward(float* out, const float* weight, const float* bias, const float* x, int IC, int row0,
+                      int row1) override {
+    matvec_rows(out, weight, bias, x, IC, row0, row1);
+  }
+  void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+            float beta, float* C, int ldc) override {
+    sgemm(trans_a, trans_b, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
+  }
+};
+
+}  // namespace
+
+// The fp32 products of ops.h, on OpenBLAS.
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC, int OC) {
+  if (bias) {
+    for (int r = 0; r < R; ++r) std::memcpy(out + (size_t)r * OC, bias, sizeof(float) * OC);
+  }
+  sgemm(false, true, R, OC, IC, 1.f, inp, IC, weight, IC, bias ? 1.f : 0.f, out, OC);
+}
+
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int R, int IC, int OC, bool accumulate) {
+  if (dinp) sgemm(false, false, R, IC, OC, 1.f, dout, OC, weight, IC, 0.f, dinp, IC);
+  sgemm(true, false, OC, IC, R, 1.f, dout, OC, inp, IC, accumulate ? 1.f : 0.f, dweight, IC);
+  if (dbias) {
+    if (!accumulate) std::memset(dbias, 0, sizeof(float) * OC);
+    for (int r = 0; r < R; ++r) {
+      const float* d = dout + (size_t)r * OC;
+      for (int o = 0; o < OC; ++o) dbias[o] += d[o];
+    }
+  }
+}
+
+std::unique_ptr<Backend> make_openblas_backend(const BackendOptions&) { return std::make_unique<OpenBlasBackend>(); }
+
+std::string blas_core_name() { return openblas_get_corename(); }
+
+std::string openblas_info() {
+  std::string s = "blas: ";  // the config string starts with "OpenBLAS <version>"
+  s += openblas_get_config();
+  s += " (core ";
+  s += openblas_get_corename();
+  s += ")";
+  return s;
+}
+
+// Why: OpenBLAS reads OPENBLAS_NUM_THREADS when it loads and then starts a
+// thread per core that spins for a while even after openblas_set_num_threads(1),
+// stealing cores from our workers. Debian 12's OpenBLAS 0.3.21 does not know
+// Sapphire Rapids or Zen 4 and falls back to its AVX2 Haswell kernel (70
+// GFLOP/s on one core of our CI machine against 112 for SkylakeX's).
+bool configure_blas_environment() {
+  bool changed = false;
+  if (!std::getenv("OPENBLAS_NUM_THREADS")) {
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    changed = true;
+  }
+  if (!std::getenv("OPENBLAS_CORETYPE") && __builtin_cpu_supports("avx512f")) {
+    std::string core = openblas_get_corename();
+    for (char& c : core) c = (char)std::tolower((unsigned char)c);
+    if (core == "cooperlake" || core == "haswell" || core == "zen") {
+      setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+}  // namespace chargpt

@@ -1,0 +1,315 @@
+#include "bench/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <ostream>
+#include <stdexcept>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <tbb/global_control.h>
+#include <tbb/info.h>
+
+#include "bench/bench_stats.h"
+#include "base/buffer.h"
+#include "backend/backend.h"
+#include "engine/memory.h"
+#include "base/rng.h"
+#include "train/train.h"
+
+namespace chargpt {
+
+using Clock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------------------
+// Thread lists
+
+std::vector<int> default_thread_counts(int hw) {
+  std::vector<int> t;
+  for (int p = 1; p <= hw; p *= 2) t.push_back(p);
+  if (t.empty() || t.back() != hw) t.push_back(std::max(hw, 1));
+  return t;
+}
+
+// ---------------------------------------------------------------------------
+// sgemm rate
+
+// sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
+// sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
+static double measure_sgemm_rate(const BackendOptions& bo, int threads, int n, int reps) {
+  const std::unique_ptr<Backend> backend = make_backend(bo);
+  Backend& be = *backend;
+  const size_t nn = (size_t)n * n;
+  struct Mats {
+    FloatBuffer a, b, c;
+  };
+  std::vector<Mats> mats(threads);
+  Rng rng(42);
+  for (auto& m : mats) {
+    m.a.resize(nn);
+    m.b.resize(nn);
+    m.c.resize(nn);
+    for (size_t i = 0; i < nn; ++i) {
+      m.a[i] = (float)(rng.below(2001)) * 1e-3f - 1.f;
+      m.b[i] = (float)(rng.below(2001)) * 1e-3f - 1.f;
+    }
+  }
+  ThreadPool pool(threads);
+  double best = 1e300;
+  for (int rep = 0; rep < std::max(reps, 1) + 1; ++rep) {  // the first rep warms up and is not counted
+    const auto t0 = Clock::now();
+    pool.for_each(threads, [&](size_t i) {
+      be.gemm(false, false, n, n, n, mats[i].a.data(), n, mats[i].b.data(), n, 0.f, mats[i].c.data(), n);
+    });
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (rep > 0) best = std::min(best, s);
+  }
+  return 2.0 * n * (double)n * n * threads / best;
+}
+
+// ---------------------------------------------------------------------------
+// Amdahl fit
+
+AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards) {
+  AmdahlFit f;
+  f.predict_at = {8, 16, 64};
+  if (rows.empty()) {
+    f.note = "no measurements";
+    return f;
+  }
+  const BenchRow& b = rows.front();
+  const BenchRow* top = nullptr;
+  for (const auto& r : rows)
+    if (r.threads > b.threads && !r.oversubscribed) top = &r;
+  if (!top) {
+    f.note = "no fit: it needs at least two thread counts within the hardware threads";
+    return f;
+  }
+  const BenchRow& t = *top;
+  f.valid = true;
+  f.base_threads = b.threads;
+  f.n = t.threads;
+  f.speedup = b.median_s / t.median_s;
+  f.serial_fraction = amdahl_serial_fraction(b.median_s, b.threads, t.median_s, t.threads);
+  if (b.round_median_s.size() > 1 && b.round_median_s.size() == t.round_median_s.size()) {
+    double lo = 1e300, hi = -1e300;
+    for (size_t i = 0; i < b.round_median_s.size(); ++i) {
+      f.round_speedups.push_back(b.round_median_s[i] / t.round_median_s[i]);
+      const double s = amdahl_serial_fraction(b.round_median_s[i], b.threads, t.round_median_s[i], t.threads);
+      lo = std::min(lo, s);
+      hi = std::max(hi, s);
+    }
+    f.serial_fraction_lo = lo;
+    f.serial_fraction_hi = hi;
+  }
+  // Phases: serial fraction of each, then each phase's time extrapolated back to
+  // one thread (a no-op when the base is 1 thread) to weigh them.
+  PhaseModel& m = f.phases;
+  m.n_shards = n_shards;
+  m.fwd_bwd_serial = phase_serial_fraction(b.fwd_bwd_s, b.threads, t.fwd_bwd_s, t.threads, n_shards);
+  m.reduce_opt_serial = phase_serial_fraction(b.reduce_opt_s, b.threads, t.reduce_opt_s, t.threads);
+  m.rest_serial = phase_serial_fraction(b.rest_s, b.threads, t.rest_s, t.threads);
+  auto at_one = [&](double tb, double s, double g) { return tb / amdahl_time(s, g); };
+  m.fwd_bwd_frac = at_one(b.fwd_bwd_s, m.fwd_bwd_serial, shard_granularity(n_shards, b.threads));
+  m.reduce_opt_frac = at_one(b.reduce_opt_s, m.reduce_opt_serial, 1.0 / b.threads);
+  m.rest_frac = at_one(std::max(b.rest_s, 0.0), m.rest_serial, 1.0 / b.threads);
+  const double sum = m.fwd_bwd_frac + m.reduce_opt_frac + m.rest_frac;
+  if (sum > 0) {
+    m.fwd_bwd_frac /= sum;
+    m.reduce_opt_frac /= sum;
+    m.rest_frac /= sum;
+  }
+  for (int n : f.predict_at) {
+    f.predicted.push_back(amdahl_speedup(f.serial_fraction, n));
+    f.predicted_phase_model.push_back(phase_model_speedup(m, n));
+  }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "fitted from %d -> %d threads only; extrapolating far beyond %d threads is a guess",
+                b.threads, t.threads, t.threads);
+  f.note = buf;
+  return f;
+}
+
+// ---------------------------------------------------------------------------
+// The bench
+
+// The 1-minute load average, or -1 where /proc/loadavg cannot be read.
+static double load_average() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (!f) return -1;
+  double l = -1;
+  if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+  std::fclose(f);
+  return l;
+}
+
+// CPU accounting to see how much of the machine others took: busy seconds of
+// the whole machine (/proc/stat, all CPUs; negative where unreadable) and CPU
+// seconds of this process (all threads).
+static double machine_busy_seconds() {
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return -1;
+  unsigned long long v[10] = {};
+  const int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                            &v[4], &v[5], &v[6], &v[7], &v[8], &v[9]);
+  std::fclose(f);
+  if (n < 8) return -1;
+  // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+  const unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+  return (double)busy / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double process_cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+}
+
+BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& train_split, int vocab_size,
+                      std::ostream* progress) {
+  BenchResult res;
+  res.opt = opt_in;
+  BenchOptions& opt = res.opt;
+  opt.model.vocab_size = vocab_size;
+  opt.model.validate();
+  res.load_before = load_average();
+  res.blas_core = blas_core_name();
+  res.hardware_threads = tbb::info::default_concurrency();
+  if (opt.threads.empty()) opt.threads = default_thread_counts(res.hardware_threads);
+  std::sort(opt.threads.begin(), opt.threads.end());
+  opt.threads.erase(std::unique(opt.threads.begin(), opt.threads.end()), opt.threads.end());
+  if (opt.threads.front() < 1) throw std::runtime_error("thread counts must be >= 1");
+  for_each_shape_option(opt, OptionChecker{});
+  for_each_shard_option(opt, OptionChecker{});
+  for_each_bench_option(opt, OptionChecker{});
+  if (train_split.size() < (size_t)opt.model.block_size + 1)
+    throw std::runtime_error("the training split has " + std::to_string(train_split.size()) +
+                             " tokens, fewer than block_size+1");
+
+  const Config& cfg = opt.model;
+  {
+    // Every setting's engine stays alive (for interleaving), and the sgemm rate needs 3 n x n matrices a thread.
+    double need = 3.0 * opt.sgemm_n * opt.sgemm_n * 4 * opt.threads.back();
+    for (int t : opt.threads) need += estimate_train_bytes(cfg, opt.batch_size, opt.shard_size, t);
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "the bench of n_layer %d, n_embd %d, block_size %d, batch %d at %zu thread counts (sgemm size %d)",
+                  cfg.n_layer, cfg.n_embd, cfg.block_size, opt.batch_size, opt.threads.size(), opt.sgemm_n);
+    check_memory_need(what, need, "lower the model's size, --batch-size, --shard-size, --threads or --sgemm-size");
+  }
+  const AdamW adamw;
+  const float grad_clip = 1.0f;
+  res.n_params = num_params(cfg);
+  res.flops_per_step = flops_per_token(cfg) * opt.batch_size * cfg.block_size;
+
+  const size_t S = opt.threads.size();
+  std::vector<std::unique_ptr<Engine>> engines(S);
+  std::vector<std::vector<StepTiming>> timings(S);
+  std::vector<std::vector<double>> losses(S);
+  std::vector<double> other_busy(S, 0), block_wall(S, 0);
+  bool have_stat = machine_busy_seconds() >= 0;
+  res.rows.resize(S);
+  for (int round = 0; round < opt.rounds; ++round) {
+    for (size_t k = 0; k < S; ++k) {
+      BenchRow& row = res.rows[k];
+      row.threads = opt.threads[k];
+      if (!engines[k]) {
+        engines[k] = std::make_unique<Engine>(cfg, opt.batch_size, opt.shard_size, row.threads, opt.seed,
+                                              opt.backend);
+        init_params(cfg, engines[k]->params(), opt.seed);
+        engines[k]->weights_loaded();
+        res.n_shards = engines[k]->n_shards();
+        res.shard_size = engines[k]->shard_size();
+      }
+      Engine& e = *engines[k];
+      if (round == 0)
+        for (int i = 0; i < opt.warmup; ++i) losses[k].push_back(e.train_step(train_split, opt.lr, grad_clip, adamw));
+      const int cap = std::min<int>(
+          row.threads, (int)tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
+      row.concurrency_cap = round == 0 ? cap : std::min(row.concurrency_cap, cap);
+      const double busy0 = have_stat ? machine_busy_seconds() : 0, self0 = process_cpu_seconds();
+      const auto block0 = Clock::now();
+      for (int i = 0; i < opt.steps; ++i) {
+        StepTiming tm;
+        const auto t0 = Clock::now();
+        const double loss = e.train_step(train_split, opt.lr, grad_clip, adamw, nullptr, &tm);
+        row.step_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        losses[k].push_back(loss);
+        timings[k].push_back(tm);
+      }
+      const double wall = std::chrono::duration<double>(Clock::now() - block0).count();
+      block_wall[k] += wall;
+      if (have_stat) {
+        const double busy1 = machine_busy_seconds(), self1 = process_cpu_seconds();
+        if (busy1 < 0) have_stat = false;
+        else {
+          const double other = std::max(0.0, (busy1 - busy0) - (self1 - self0));
+          other_busy[k] += other;
+          row.round_other_cpu_frac.push_back(std::min(1.0, other / (wall * res.hardware_threads)));
+        }
+      }
+      row.round_median_s.push_back(median(std::vector<double>(row.step_s.end() - opt.steps, row.step_s.end())));
+      if (round == 0) row.peak_rss_bytes = peak_rss_bytes();
+      // The machine's speed drifts (a VM's host is shared), so the sgemm peak is
+      // sampled in every round but the first (which stays clean for peak RSS) and
+      // once more at the end; the best sample counts.
+      if (round > 0)
+        row.sgemm_flops_per_s =
+            std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps));
+      if (progress) {
+        char line[160];
+        std::snprintf(line, sizeof line, "round %d/%d: %3d threads  %8.2f ms/step  loss %.4f\n", round + 1,
+                      opt.rounds, row.threads, 1e3 * row.round_median_s.back(), losses[k].back());
+        *progress << line << std::flush;
+      }
+    }
+  }
+
+  for (size_t k = 0; k < S; ++k) {
+    BenchRow& row = res.rows[k];
+    row.oversubscribed = row.threads > res.hardware_threads;
+    row.threads_seen = engines[k]->threads_seen();
+    if (have_stat && block_wall[k] > 0)
+      row.other_cpu_frac = std::min(1.0, other_busy[k] / (block_wall[k] * res.hardware_threads));
+    row.engine_bytes = engines[k]->bytes_allocated();
+    row.median_s = median(row.step_s);
+    row.mad_s = scaled_mad(row.step_s);
+    std::vector<double> fb, ro, rest;
+    for (size_t i = 0; i < timings[k].size(); ++i) {
+      fb.push_back(timings[k][i].fwd_bwd_s);
+      ro.push_back(timings[k][i].reduce_opt_s);
+      rest.push_back(row.step_s[i] - timings[k][i].fwd_bwd_s - timings[k][i].reduce_opt_s);
+    }
+    row.fwd_bwd_s = median(fb);
+    row.reduce_opt_s = median(ro);
+    row.rest_s = median(rest);
+    row.tok_per_s = (double)opt.batch_size * cfg.block_size / row.median_s;
+    row.model_flops_per_s = res.flops_per_step / row.median_s;
+    const auto& L = losses[k];
+    row.loss_first = L.front();
+    const size_t tail = std::min<size_t>(std::max(opt.loss_tail, 1), L.size());
+    double sum = 0;
+    for (size_t i = L.size() - tail; i < L.size(); ++i) sum += L[i];
+    row.loss_last = sum / tail;
+    if (!std::isfinite(row.loss_last)) throw std::runtime_error("non-finite loss in the bench");
+  }
+  res.load_after = load_average();
+  engines.clear();
+  for (auto& row : res.rows) {
+    row.speedup = res.rows.front().median_s / row.median_s;
+    row.efficiency = parallel_efficiency(row.speedup, row.threads, res.rows.front().threads);
+    row.sgemm_flops_per_s =
+        std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps));
+    row.mfu = row.model_flops_per_s / row.sgemm_flops_per_s;
+    if (row.loss_last != res.rows.front().loss_last || row.loss_first != res.rows.front().loss_first)
+      res.losses_identical = false;
+  }
+  res.amdahl = fit_amdahl(res.rows, res.n_shards);
+  return res;
+}
+
+}  // namespace chargpt

@@ -1,0 +1,79 @@
+#include "engine/memory.h"
+#include "engine/engine.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <stdexcept>
+
+#include <tbb/info.h>
+
+
+namespace chargpt {
+
+double estimate_activation_bytes(const Config& cfg, double n) {
+  const double T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head, L = cfg.n_layer;
+  const double BT = n * T;
+  double floats = BT * C;                                        // encoded
+  floats += L * (16 * BT * C + 4 * BT + n * NH * T * T);         // ln1, qkv, att, att_y, residuals, ln2, fc, gelu
+  floats += BT * C + 2 * BT + BT * V + BT;                       // lnf, probs, losses
+  floats += BT * C * (1 + 1 + 3 + 4);                            // d_res, d_c, d_qkv, d_fc
+  floats += (T + C / NH) * (T + 16);                             // attention scratch
+  floats += 16 * (12 * L + 12);                                  // rounding of each array to 16 floats
+  return 4 * floats;
+}
+
+double estimate_train_bytes(const Config& cfg, int batch_size, int shard_size, int threads, int eval_iters) {
+  const double T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer;
+  const double P = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
+  const int shard = resolve_shard_size(shard_size, batch_size, cfg.block_size);
+  const double n_shards = std::ceil((double)batch_size / shard);
+  const double hw = tbb::info::default_concurrency();
+  const double workers = std::min(n_shards, std::max<double>(threads > 0 ? threads : hw, hw));
+  const double batch_bytes = 8.0 * batch_size * T * (1.0 + eval_iters);  // inputs and targets, int32
+  return 4 * P * (3 + n_shards) + workers * estimate_activation_bytes(cfg, shard) + batch_bytes;
+}
+
+// The lowest of physical memory, the cgroup's limit and the address-space limit
+// (ulimit -v), with what it is.
+static double memory_limit(const char** what) {
+  *what = "this machine has";
+  double bytes = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+  for (const char* limit : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream f(limit);
+    double v = 0;
+    if (f >> v && v > 0 && v < bytes) {  // "max" (no limit) does not parse
+      bytes = v;
+      *what = "this process's cgroup may use";
+    }
+  }
+  rlimit rl{};
+  if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (double)rl.rlim_cur < bytes) {
+    bytes = (double)rl.rlim_cur;
+    *what = "this process may use (ulimit -v)";
+  }
+  return bytes;
+}
+
+double machine_memory_bytes() {
+  const char* what;
+  return memory_limit(&what);
+}
+
+void check_memory_need(const std::string& what, double bytes, const std::string& hint) {
+  const char* limit_what;
+  const double have = memory_limit(&limit_what);
+  if (have > 0 && bytes > have) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " would need %.1f GiB of memory; %s %.1f GiB", bytes / 1073741824.0, limit_what,
+                  have / 1073741824.0);
+    throw std::runtime_error(what + buf + (hint.empty() ? "" : ": " + hint));
+  }
+}
+
+}  // namespace chargpt

@@ -1,0 +1,122 @@
+#pragma once
+// The GPT: configuration, one contiguous parameter block with named views,
+// per-shard activations, and the paired forward/backward passes.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "base/buffer.h"
+
+namespace chargpt {
+
+struct Config {
+  int vocab_size = 65;
+  int block_size = 64;  // max context T
+  int n_layer = 4;
+  int n_head = 4;
+  int n_embd = 128;  // C
+  // Throws with a message naming the offending value if the shape is unusable.
+  void validate() const;
+};
+
+bool operator==(const Config& a, const Config& b);
+
+// One named tensor inside the parameter block, in nanoGPT state-dict order.
+struct ParamSpec {
+  std::string name;            // e.g. "transformer.h.0.attn.c_attn.weight"
+  std::vector<int64_t> shape;  // e.g. {3C, C}; Linear weights are [out, in]
+  size_t offset = 0;           // in floats, from the start of the block
+  size_t numel = 0;
+  bool decay = false;          // AdamW weight decay: 2-D tensors only
+};
+
+std::vector<ParamSpec> param_specs(const Config& cfg);
+size_t num_params(const Config& cfg);
+
+struct LayerParams {
+  float *ln1_w, *ln1_b;          // [C], [C]
+  float *qkv_w, *qkv_b;          // c_attn [3C,C], [3C]
+  float *attproj_w, *attproj_b;  // attn.c_proj [C,C], [C]
+  float *ln2_w, *ln2_b;          // [C], [C]
+  float *fc_w, *fc_b;            // mlp.c_fc [4C,C], [4C]
+  float *fcproj_w, *fcproj_b;    // mlp.c_proj [C,4C], [C]
+};
+
+// Named views into a parameter block (or a gradient block of the same layout).
+struct ParamViews {
+  float* wte;  // [V,C], also the LM head (tied)
+  float* wpe;  // [T,C]
+  std::vector<LayerParams> layers;
+  float *lnf_w, *lnf_b;  // [C], [C]
+};
+ParamViews param_views(const Config& cfg, float* block);
+
+// nanoGPT's init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)),
+// biases 0, LayerNorm weight 1 / bias 0. Deterministic in seed.
+void init_params(const Config& cfg, float* block, uint64_t seed);
+
+// Forward activations and backward scratch for up to `max_batch` sequences of
+// up to block_size tokens: one aligned allocation, reused every step.
+struct Activations {
+  struct Layer {
+    float *ln1, *ln1_mean, *ln1_rstd;  // [N,T,C], [N,T], [N,T]
+    float* qkv;                        // [N,T,3C]
+    float* att_probs;                  // [N,NH,T,T]
+    float* att_y;                      // [N,T,C] attention output before c_proj
+    float* res_att;                    // [N,T,C] residual after attention
+    float *ln2, *ln2_mean, *ln2_rstd;  // [N,T,C], [N,T], [N,T]
+    float* fc;                         // [N,T,4C] before GELU
+    float* fc_gelu;                    // [N,T,4C]
+    float* res_mlp;                    // [N,T,C] residual after the MLP = the layer's output
+    // bf16 copies of the products' activation inputs (null until enable_bf16(); see
+    // Backend::wants_bf16_inputs): = to_bf16 of ln1, att_y, ln2, fc_gelu.
+    uint16_t *ln1_16 = nullptr, *att_y16 = nullptr, *ln2_16 = nullptr, *fc_gelu16 = nullptr;
+  };
+  int max_batch = 0;
+  FloatBuffer mem;
+  float* encoded;  // [N,T,C]
+  std::vector<Layer> layers;
+  float *lnf, *lnf_mean, *lnf_rstd;  // [N,T,C], [N,T], [N,T]
+  float* probs;                      // [N,T,V]: logits, then probs, then d_logits in backward
+  float* losses;                     // [N,T]
+  // backward scratch
+  float* d_res;   // [N,T,C] gradient of the residual stream
+  float* d_c;     // [N,T,C] gradient of a LayerNorm output or of att_y
+  float* d_qkv;   // [N,T,3C]
+  float* d_fc;    // [N,T,4C]
+  float* att_scratch;  // one head's attention scratch (attention_scratch_floats)
+  uint16_t* lnf16 = nullptr;  // bf16 copy of lnf (enable_bf16)
+  bool bf16_written = false;  // the last gpt_forward wrote the bf16 copies (backward may read them)
+  std::vector<uint16_t> mem16;  // the bf16 copies' allocation
+
+  Activations() = default;
+  Activations(const Config& cfg, int max_batch);
+  // Allocates the bf16 copies (once; gpt_forward calls it for a backend that wants them).
+  void enable_bf16();
+  bool has_bf16() const { return lnf16 != nullptr; }
+  size_t bytes() const { return mem.size() * sizeof(float) + mem16.size() * sizeof(uint16_t); }
+
+ private:
+  size_t rows_ = 0, C_ = 0;  // max_batch * block_size, n_embd
+};
+
+// The linear layers' products go through `be` (bound to the block `params`
+// points into, when the backend keeps its own copy of the weights).
+// Forward over N sequences of t <= block_size tokens. With targets, returns the
+// SUM of the N*t token losses (per-token losses in acts.losses); without, 0 and
+// acts.probs holds the logits. Inputs/targets are [N,t].
+double gpt_forward(Backend& be, const Config& cfg, const ParamViews& params, Activations& acts, const int32_t* inputs,
+                   const int32_t* targets, int N, int t);
+
+// Backward of the last gpt_forward (with targets). dloss = d objective / d token loss
+// (1/(B*T) for the batch mean). Parameter gradients are accumulated into grads (+=);
+// with accumulate = false they are written (=), so grads need no zeroing first.
+void gpt_backward(Backend& be, const Config& cfg, const ParamViews& params, const ParamViews& grads, Activations& acts,
+                  const int32_t* inputs, const int32_t* targets, int N, int t, float dloss, bool accumulate = true);
+
+// Model FLOPs per trained token (forward + backward, matmuls and attention,
+// as in the PaLM appendix: 6·P_matmul + 12·L·C·T for full-T context).
+double flops_per_token(const Config& cfg);
+
+}  // namespace chargpt

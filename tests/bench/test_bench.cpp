@@ -1,0 +1,213 @@
+// `chargpt bench`: the statistics on fixed inputs, thread lists, the Amdahl fit,
+// and a smoke run of the subcommand on a tiny model and a generated corpus.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/bench.h"
+#include "util.h"
+#include "io/data.h"
+#include "base/rng.h"
+
+using namespace chargpt;
+namespace fs = std::filesystem;
+
+TEST_CASE("bench: median of odd and even counts") {
+  CHECK(median({3, 1, 2}) == 2.0);
+  CHECK(median({4, 1, 3, 2}) == 2.5);  // mean of the middle two
+  CHECK(median({7}) == 7.0);
+  CHECK(median({5, 5, 1, 9, 9, 9}) == 7.0);
+  CHECK_THROWS(median({}));
+}
+
+TEST_CASE("bench: scaled MAD") {
+  // median 3, absolute deviations {2,1,0,1,97}, their median 1; the outlier does not matter
+  CHECK(scaled_mad({1, 2, 3, 4, 100}) == doctest::Approx(1.4826).epsilon(1e-12));
+  // median 2.5, deviations {1.5,.5,.5,1.5}, their median 1
+  CHECK(scaled_mad({1, 2, 3, 4}) == doctest::Approx(1.4826).epsilon(1e-12));
+  CHECK(scaled_mad({10, 20, 30}) == doctest::Approx(14.826).epsilon(1e-12));
+  CHECK(scaled_mad({2, 2, 2}) == 0.0);
+  CHECK(scaled_mad({42}) == 0.0);
+}
+
+TEST_CASE("bench: parallel efficiency") {
+  CHECK(parallel_efficiency(1.6, 2) == doctest::Approx(0.8));
+  CHECK(parallel_efficiency(4.0, 4) == doctest::Approx(1.0));
+  CHECK(parallel_efficiency(1.0, 1) == doctest::Approx(1.0));
+  CHECK(parallel_efficiency(1.5, 4, 2) == doctest::Approx(0.75));  // over 2 threads, ideal is 2x
+}
+
+TEST_CASE("bench: Amdahl serial fraction and prediction") {
+  // s = 0.2: t(1) = 10, t(2) = 10 (0.2 + 0.8/2) = 6, t(4) = 4, t(8) = 3
+  CHECK(amdahl_serial_fraction(10, 1, 6, 2) == doctest::Approx(0.2));
+  CHECK(amdahl_serial_fraction(10, 1, 4, 4) == doctest::Approx(0.2));
+  CHECK(amdahl_serial_fraction(6, 2, 3, 8) == doctest::Approx(0.2));  // base other than 1 thread
+  CHECK(amdahl_serial_fraction(10, 1, 5, 2) == doctest::Approx(0.0));  // perfect scaling
+  CHECK(amdahl_serial_fraction(10, 1, 10, 2) == doctest::Approx(1.0));  // none
+  CHECK(amdahl_serial_fraction(10, 1, 4, 2) < 0);  // superlinear is reported as it is
+  CHECK_THROWS(amdahl_serial_fraction(10, 2, 5, 2));
+  CHECK(amdahl_speedup(0.2, 8) == doctest::Approx(1 / 0.3));
+  CHECK(amdahl_speedup(0.2, 64) == doctest::Approx(1 / (0.2 + 0.8 / 64)));
+  CHECK(amdahl_speedup(0.0, 16) == doctest::Approx(16));
+  CHECK(amdahl_speedup(1.0, 64) == doctest::Approx(1));
+  CHECK(amdahl_speedup(-0.5, 4) == doctest::Approx(4));  // clamped to s = 0
+}
+
+TEST_CASE("bench: shard granularity and the phase model") {
+  CHECK(shard_granularity(12, 1) == doctest::Approx(1.0));
+  CHECK(shard_granularity(12, 2) == doctest::Approx(0.5));
+  CHECK(shard_granularity(12, 8) == doctest::Approx(2.0 / 12));  // 8 threads still need 2 rounds
+  CHECK(shard_granularity(12, 64) == doctest::Approx(1.0 / 12));
+  CHECK(shard_granularity(0, 8) == doctest::Approx(1.0 / 8));    // no shards: perfectly divisible
+  // a phase with s = 0.1 in 12 shards: t(8) = 12 (0.1 + 0.9 * 2/12) = 3
+  CHECK(phase_serial_fraction(12, 1, 3, 8, 12) == doctest::Approx(0.1));
+  CHECK(phase_serial_fraction(10, 1, 6, 2) == doctest::Approx(0.2));
+  PhaseModel m{0.8, 0.2, 0.0, 0.0, 0.5, 0.0, 12};
+  CHECK(phase_model_speedup(m, 1) == doctest::Approx(1.0));
+  CHECK(phase_model_speedup(m, 64) == doctest::Approx(1 / (0.8 / 12 + 0.2 * (0.5 + 0.5 / 64))));
+}
+
+TEST_CASE("bench: Amdahl fit from rows") {
+  auto row = [](int n, double ms, double fb, double ro, bool over = false) {
+    BenchRow r;
+    r.threads = n;
+    r.oversubscribed = over;
+    r.median_s = ms;
+    r.fwd_bwd_s = fb;
+    r.reduce_opt_s = ro;
+    r.rest_s = ms - fb - ro;
+    return r;
+  };
+  // 1 thread: 8 fwd+bwd (all parallel), 2 reduce+opt (half serial) = 10; at 2 threads 4 + 1.5 = 5.5
+  std::vector<BenchRow> rows = {row(1, 10, 8, 2), row(2, 5.5, 4, 1.5), row(4, 9, 4, 5, true)};
+  AmdahlFit f = fit_amdahl(rows, 8);
+  REQUIRE(f.valid);
+  CHECK(f.n == 2);  // the oversubscribed row is not used
+  CHECK(f.speedup == doctest::Approx(10 / 5.5));
+  CHECK(f.serial_fraction == doctest::Approx(0.1));  // = 0.2 * 0.5
+  CHECK(f.phases.fwd_bwd_frac == doctest::Approx(0.8));
+  CHECK(f.phases.fwd_bwd_serial == doctest::Approx(0.0));
+  CHECK(f.phases.reduce_opt_serial == doctest::Approx(0.5));
+  REQUIRE(f.predict_at == std::vector<int>{8, 16, 64});
+  CHECK(f.predicted[0] == doctest::Approx(1 / (0.1 + 0.9 / 8)));
+  // fwd+bwd in 8 shards stops at 8-way: at 16 and 64 threads it takes 1/8
+  CHECK(f.predicted_phase_model[2] == doctest::Approx(1 / (0.8 / 8 + 0.2 * (0.5 + 0.5 / 64))));
+  CHECK(f.round_speedups.empty());  // no round medians given
+  CHECK_FALSE(fit_amdahl({row(1, 10, 8, 2)}, 8).valid);
+  // paired rounds: speedups 10/6 (s = 0.2) and 10/5 (s = 0)
+  rows[0].round_median_s = {10, 10};
+  rows[1].round_median_s = {6, 5};
+  f = fit_amdahl(rows, 8);
+  REQUIRE(f.round_speedups.size() == 2);
+  CHECK(f.round_speedups[0] == doctest::Approx(10.0 / 6));
+  CHECK(f.serial_fraction_lo == doctest::Approx(0.0));
+  CHECK(f.serial_fraction_hi == doctest::Approx(0.2));
+}
+
+TEST_CASE("bench: thread lists") {
+  CHECK(default_thread_counts(1) == std::vector<int>{1});
+  CHECK(default_thread_counts(2) == std::vector<int>{1, 2});
+  CHECK(default_thread_counts(6) == std::vector<int>{1, 2, 4, 6});
+  CHECK(default_thread_counts(8) == std::vector<int>{1, 2, 4, 8});
+  // parse_thread_list is the command line's: tests/cli/test_cli.cpp
+}
+
+namespace {
+
+// ~20k characters of word salad over a small alphabet.
+std::string tiny_corpus() {
+  const char* words[] = {"the ", "king ", "and ", "queen ", "of ", "hearts\n", "rode ", "to ", "war ", "a "};
+  Rng rng(7);
+  std::string s;
+  while (s.size() < 20000) s += words[rng.below(10)];
+  return s;
+}
+
+std::vector<std::string> split_csv(const std::string& line) {
+  std::vector<std::string> out;
+  std::stringstream ss(line);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("bench: run_bench trains the same model at every thread count") {
+  Dataset ds = make_dataset(tiny_corpus());
+  BenchOptions o;
+  o.model.n_layer = 1;
+  o.model.n_head = 2;
+  o.model.n_embd = 16;
+  o.model.block_size = 16;
+  o.batch_size = 4;
+  o.threads = {2, 1};
+  o.steps = 2;
+  o.warmup = 1;
+  o.rounds = 2;
+  o.sgemm_n = 64;
+  o.sgemm_reps = 1;
+  BenchResult r = run_bench(o, ds.train, ds.tok.size(), nullptr);
+  REQUIRE(r.rows.size() == 2);
+  CHECK(r.rows[0].threads == 1);
+  CHECK(r.rows[1].threads == 2);
+  for (const auto& row : r.rows) {
+    CHECK(row.step_s.size() == 4);
+    CHECK(row.round_median_s.size() == 2);
+    CHECK(row.median_s > 0);
+    CHECK(std::isfinite(row.loss_last));
+    CHECK(row.sgemm_flops_per_s > 0);
+    CHECK(row.mfu > 0);
+  }
+  CHECK(r.rows[0].speedup == 1.0);
+  CHECK(r.losses_identical);
+  CHECK(r.rows[0].loss_last == r.rows[1].loss_last);
+}
+
+TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
+  const test::TempDir dir("bench");
+  const std::string data = dir / "corpus.txt", csv = dir / "out.csv";
+  {
+    std::ofstream f(data);
+    f << tiny_corpus();
+  }
+  const auto [status, out] = test::run_cli("bench --data " + data +
+                                           " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4"
+                                           " --threads 1,2 --steps 2 --warmup 1 --rounds 1 --sgemm-size 64 -q --csv " +
+                                           csv);
+  INFO(out);
+  REQUIRE(status == 0);
+  CHECK(out.find("Amdahl") != std::string::npos);
+
+  std::ifstream f(csv);
+  REQUIRE(f);
+  std::string header, line;
+  std::getline(f, header);
+  const auto cols = split_csv(header);
+  for (const char* want : {"threads", "ms_median", "ms_mad", "tok_per_s", "speedup", "efficiency", "mfu",
+                           "fwd_bwd_ms", "reduce_opt_ms", "rest_ms", "loss_last", "peak_rss_mib", "oversubscribed"})
+    CHECK(std::find(cols.begin(), cols.end(), want) != cols.end());
+  const size_t loss_col = std::find(cols.begin(), cols.end(), "loss_last") - cols.begin();
+  std::vector<int> threads;
+  while (std::getline(f, line)) {
+    const auto v = split_csv(line);
+    REQUIRE(v.size() == cols.size());
+    threads.push_back(std::stoi(v[0]));
+    const double loss = std::stod(v[loss_col]);
+    CHECK(std::isfinite(loss));
+    CHECK(loss > 0);
+  }
+  CHECK(threads == std::vector<int>{1, 2});
+
+  // bad usage exits 2
+  CHECK(test::run_cli("bench --threads 0 --data " + data).status == 2);
+}
