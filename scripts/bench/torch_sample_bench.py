@@ -2,10 +2,10 @@
 """PyTorch peer for `chargpt sample`: times nanoGPT-style whole-context sampling
 (no KV cache: every new token runs the model over the context cropped to the
 last block_size tokens, under torch.no_grad) for a randomly initialised model of
-the same architecture (the project's reference, scripts/torch_gpt_ref.py), and
+the same architecture (the project's reference, scripts/reference/torch_gpt_ref.py), and
 prints one JSON line. Needs Debian's PyTorch: sudo apt-get install -y python3-torch
 
-  /usr/bin/python3 scripts/torch_sample_bench.py --threads 2 --tokens 512
+  /usr/bin/python3 scripts/bench/torch_sample_bench.py --threads 2 --tokens 512
   (defaults: the baby shape, V=65 T=64 L=4 H=4 C=128)
 
 Compare with
@@ -15,7 +15,7 @@ Timings are for random weights; the cost per token does not depend on them.
 """
 import argparse, json, os, resource, sys, time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_gpt_ref.py beside this file
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))  # torch_gpt_ref.py
 
 
 def main():

@@ -2,7 +2,7 @@
 """The README's performance table in one interleaved run: chargpt's backends against the PyTorch
 reference at each of its settings, per preset.
 
-usage: /usr/bin/python3 scripts/bench_table.py [--presets baby,nanogpt] [--rounds 3] [--threads N]
+usage: /usr/bin/python3 scripts/bench/bench_table.py [--presets baby,nanogpt] [--rounds 3] [--threads N]
                                                [--torch-threads 1,2] [--torch-bf16 auto|on|off]
                                                [--markdown FILE]
 
@@ -12,7 +12,7 @@ own timed steps, and the table gives the median over rounds (and the range).
 
 chargpt settings: fp32 on OpenBLAS, fp32 on oneDNN and bf16 on oneDNN (AMX). A setting this build or
 CPU cannot run (no oneDNN compiled in; no AMX for bf16) is listed as skipped with the reason, never
-silently left out. PyTorch (scripts/torch_gpt_ref.py, same model and recipe, /usr/bin/python3 with
+silently left out. PyTorch (scripts/reference/torch_gpt_ref.py, same model and recipe, /usr/bin/python3 with
 Debian's python3-torch, OPENBLAS_NUM_THREADS=1) runs at every --torch-threads count in fp32 and, where
 the CPU has bf16 hardware (AMX or AVX512-BF16; --torch-bf16 auto), with bf16 autocast; the ratio column
 divides PyTorch's best (lowest) median by each chargpt median, so above 1 is chargpt faster.
@@ -31,7 +31,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 
 # Timed and warmup steps per preset: a nanogpt step is seconds long.
 STEPS = {"baby": (20, 3), "nanogpt": (2, 1)}
@@ -122,7 +122,7 @@ def main():
     ours = [(b, p, skip_reason(info, b, p)) for b, p in SETTINGS]
     theirs = [(t, bf) for t in torch_threads for bf in ([False, True] if torch_bf16 else [False])]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    peer = os.path.join(HERE, "torch_gpt_ref.py")
+    peer = os.path.join(ROOT, "scripts", "reference", "torch_gpt_ref.py")
 
     res = {}  # (preset, side, setting) -> list of dicts per round
     load_before = open("/proc/loadavg").read().split()[:3]
@@ -161,7 +161,7 @@ def main():
                f"chargpt {a.threads} threads; "
                f"{a.rounds} interleaved rounds; load average before {' '.join(load_before)}, after "
                f"{' '.join(load_after)}; {time.time() - t_start:.0f} s")
-    out.append(f"command: /usr/bin/python3 scripts/bench_table.py {' '.join(sys.argv[1:])}".rstrip())
+    out.append(f"command: /usr/bin/python3 scripts/bench/bench_table.py {' '.join(sys.argv[1:])}".rstrip())
     out.append("")
     out.append("| preset | side | setting | ms/step, median (range) | loss | MFU (product rate, GFLOP/s) "
                "| PyTorch's best / this |")

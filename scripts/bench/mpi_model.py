@@ -10,7 +10,7 @@ training (dist.h) on N machines, one rank per machine, alpha-beta costs.
   ring allreduce of the gradients, for comparison: 2 (N-1) alpha + 2 * 4 P (N-1)/N / beta
   (links full duplex, a non-blocking switch, no overlap of communication and compute).
 
-usage: scripts/mpi_model.py GFLOPS_PER_MACHINE CORES ALPHA_US [--markdown]
+usage: scripts/bench/mpi_model.py GFLOPS_PER_MACHINE CORES ALPHA_US [--markdown]
   GFLOPS_PER_MACHINE: the model FLOP rate one machine reaches in training (measured: model
   FLOPs per step / ms per step at 1 rank x all threads); ALPHA_US: per-message latency.
 """

@@ -6,9 +6,9 @@
 # thread count the median over rounds and the ratio PyTorch ms / chargpt ms
 # (above 1 = chargpt is faster).
 #
-# usage: scripts/bench_vs_torch.sh [ROUNDS] [THREADS...]      (default: 5 rounds, threads 1 2)
+# usage: scripts/bench/bench_vs_torch.sh [ROUNDS] [THREADS...]      (default: 5 rounds, threads 1 2)
 # env:   CHARGPT    our binary            (default: build/chargpt)
-#        TORCH_PEER the peer script       (default: scripts/torch_gpt_ref.py, in this repository)
+#        TORCH_PEER the peer script       (default: scripts/reference/torch_gpt_ref.py, in this repository)
 #        DATA       Tiny Shakespeare      (default: data/tinyshakespeare.txt)
 #
 # The peer is the project's PyTorch reference (same model, same recipe). It needs
@@ -29,7 +29,7 @@ shift || true
 THREADS=("$@")
 [ ${#THREADS[@]} -gt 0 ] || THREADS=(1 2)
 CHARGPT=${CHARGPT:-build/chargpt}
-TORCH_PEER=${TORCH_PEER:-scripts/torch_gpt_ref.py}
+TORCH_PEER=${TORCH_PEER:-scripts/reference/torch_gpt_ref.py}
 TORCH_FLAGS=()
 [ "${TORCH_BF16:-0}" = 1 ] && TORCH_FLAGS+=(--bf16)
 DATA=${DATA:-data/tinyshakespeare.txt}

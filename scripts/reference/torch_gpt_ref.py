@@ -16,8 +16,8 @@ characters; the rest validates. Defaults are `chargpt train`'s (baby preset).
          it (windows at 0, T, 2T, ..., every target once); one JSON line at the
          end with the wall times
 
-  /usr/bin/python3 scripts/torch_gpt_ref.py bench --threads 2 [--bf16]
-  /usr/bin/python3 scripts/torch_gpt_ref.py train --threads 2 --steps 2000
+  /usr/bin/python3 scripts/reference/torch_gpt_ref.py bench --threads 2 [--bf16]
+  /usr/bin/python3 scripts/reference/torch_gpt_ref.py train --threads 2 --steps 2000
 
 PyTorch: Debian's package for /usr/bin/python3 (1.13 on Debian 12):
   sudo apt-get install -y python3-torch

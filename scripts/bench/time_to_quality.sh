@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Time to quality: chargpt's default training run (baby preset, 2000 steps, all
-# cores) against the PyTorch reference's same 2000 steps (scripts/torch_gpt_ref.py),
+# cores) against the PyTorch reference's same 2000 steps (scripts/reference/torch_gpt_ref.py),
 # each at its best setting, interleaved (chargpt, PyTorch, chargpt, ...) so that
 # drift in the machine's speed hits both alike. Per run: the wall time of the
 # training process and the exact val loss (`chargpt eval`'s definition, which the
 # reference computes the same way after its training loop, untimed).
 #
-# usage: scripts/time_to_quality.sh [ROUNDS]        (default: 1)
+# usage: scripts/bench/time_to_quality.sh [ROUNDS]        (default: 1)
 # env:   CHARGPT        our binary (default: build/chargpt)
 #        DATA           Tiny Shakespeare (default: data/tinyshakespeare.txt)
 #        TORCH_THREADS  PyTorch's thread count; TORCH_BF16=0|1 its autocast. Unset: a
@@ -19,12 +19,12 @@
 # torch's oversubscribe the cores). Takes ~5 minutes a round on 2 cores; run it on
 # an otherwise idle machine.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROUNDS=${1:-1}
 CHARGPT=${CHARGPT:-build/chargpt}
 DATA=${DATA:-data/tinyshakespeare.txt}
 PY=/usr/bin/python3
-REF=scripts/torch_gpt_ref.py
+REF=scripts/reference/torch_gpt_ref.py
 export OPENBLAS_NUM_THREADS=1
 
 [ -x "$CHARGPT" ] || { echo "time_to_quality: no chargpt binary at '$CHARGPT' (scripts/build.sh, or set CHARGPT)" >&2; exit 1; }

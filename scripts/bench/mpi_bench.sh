@@ -3,9 +3,9 @@
 # shared memory), rounds interleaved so that drift in the machine's speed hits
 # both alike. Prints per round and the medians: ms/step (median over the steps
 # after the first 2), ms/step in MPI calls and MB sent per step (rank 0).
-#   scripts/mpi_bench.sh [PRESET=baby] [STEPS=20] [ROUNDS=3] [extra train flags...]
+#   scripts/bench/mpi_bench.sh [PRESET=baby] [STEPS=20] [ROUNDS=3] [extra train flags...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 preset=${1:-baby}; steps=${2:-20}; rounds=${3:-3}; shift $(( $# < 3 ? $# : 3 )) || true
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 mpirun_cmd=(mpirun --oversubscribe --bind-to none)

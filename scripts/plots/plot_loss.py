@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Plot train/val loss from a `chargpt train --log FILE` JSON Lines log.
 
-usage: /usr/bin/python3 scripts/plot_loss.py TRAIN.jsonl OUT.png [--title TEXT]
+usage: /usr/bin/python3 scripts/plots/plot_loss.py TRAIN.jsonl OUT.png [--title TEXT]
 
 Reads {"type":"step","step","loss",...} lines (the batch loss of logged
 steps, drawn thin) and {"type":"eval","step","train_loss","val_loss"} lines

@@ -5,7 +5,7 @@
 # (if built) and 20 steps of a tiny model, compares the weights with one process,
 # and removes the namespaces. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 tmp=$(mktemp -d)
 cleanup() { ip netns del cg_a 2>/dev/null || true; ip netns del cg_b 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Plot core-count scaling from `chargpt bench --csv FILE`.
 
-usage: /usr/bin/python3 scripts/plot_scaling.py BENCH.csv OUT.png [--title TEXT]
+usage: /usr/bin/python3 scripts/plots/plot_scaling.py BENCH.csv OUT.png [--title TEXT]
 
 Left panel: speedup over the smallest thread count measured, with the ideal
 (linear) line. Right panel: parallel efficiency (speedup / ideal speedup).
