@@ -1,5 +1,5 @@
-// `chargpt bench`: the statistics on fixed inputs, thread lists, the Amdahl fit,
-// and a smoke run of the subcommand on a tiny model and a generated corpus.
+// `chargpt bench`: the statistics on fixed inputs, thread lists, the Amdahl fit, the report's
+// columns on a fixed result, and a smoke run of the subcommand on a tiny model and a generated corpus.
 #include <doctest/doctest.h>
 
 #include <sys/wait.h>
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "bench/bench_report.h"
 #include "util.h"
 #include "io/data.h"
 #include "base/rng.h"
@@ -210,4 +211,97 @@ TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
 
   // bad usage exits 2
   CHECK(test::run_cli("bench --threads 0 --data " + data).status == 2);
+}
+
+namespace {
+
+BenchResult fixed_result() {
+  BenchResult r;
+  r.opt.model.vocab_size = 65;
+  r.hardware_threads = 2;
+  r.n_shards = 6;
+  for (int t = 1; t <= 3; ++t) {
+    BenchRow w;
+    w.threads = t;
+    w.oversubscribed = t > 2;
+    w.threads_seen = w.concurrency_cap = t;
+    w.step_s = {0.1, 0.2, 0.3};
+    w.round_median_s = {0.125 / t};
+    w.median_s = 0.25 / t;
+    w.mad_s = 0.001;
+    w.fwd_bwd_s = 0.2 / t;
+    w.reduce_opt_s = 0.04 / t;
+    w.rest_s = 0.01 / t;
+    w.speedup = t;
+    w.efficiency = 1;
+    w.model_flops_per_s = 2.5e9 * t;
+    w.mfu = 0.5;
+    w.loss_last = 2.5;
+    w.other_cpu_frac = t == 1 ? -1 : 0.25;
+    w.engine_bytes = 3 * 1048576;
+    r.rows.push_back(w);
+  }
+  r.amdahl = fit_amdahl(r.rows, r.n_shards);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("bench: one column table gives the CSV and the JSON the same values") {
+  // The CSV's columns are a contract with scripts/plots/plot_scaling.py and users' files.
+  CHECK(bench_csv_header() ==
+        "threads,oversubscribed,concurrency_cap,threads_seen,timed_steps,ms_median,ms_mad,tok_per_s,speedup,"
+        "efficiency,model_gflops,sgemm_gflops,mfu,fwd_bwd_ms,reduce_opt_ms,rest_ms,fwd_bwd_pct,reduce_opt_pct,"
+        "rest_pct,loss_first,loss_last,engine_mib,peak_rss_mib,other_cpu_pct");
+  const BenchResult r = fixed_result();
+  std::ostringstream csv;
+  write_bench_csv(r, csv);
+  std::istringstream in(csv.str());
+  std::string line;
+  std::getline(in, line);
+  const auto cols = split_csv(line);
+  const auto json = bench_json(r);
+  REQUIRE(json["rows"].size() == 3);
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(std::getline(in, line));
+    const auto v = split_csv(line);
+    REQUIRE(v.size() == cols.size());
+    auto at = [&](const std::string& name) { return v[std::find(cols.begin(), cols.end(), name) - cols.begin()]; };
+    CHECK(at("threads") == std::to_string(i + 1));
+    CHECK(at("oversubscribed") == (i == 2 ? "1" : "0"));
+    CHECK(at("timed_steps") == "3");
+    CHECK(std::stod(at("ms_median")) == doctest::Approx(250.0 / (i + 1)).epsilon(1e-6));
+    CHECK(at("engine_mib") == "3.00");
+    CHECK(at("model_gflops") == (i == 0 ? "2.500" : i == 1 ? "5.000" : "7.500"));
+    CHECK(at("fwd_bwd_pct") == "80.00");  // 0.2 of 0.25
+    CHECK(at("other_cpu_pct") == (i == 0 ? "-1.0" : "25.0"));
+    const auto& row = json["rows"][i];
+    CHECK(row["threads"] == i + 1);
+    CHECK(row["oversubscribed"] == (i == 2));
+    CHECK(row["ms_median"].get<double>() == 1e3 * r.rows[i].median_s);
+    CHECK(row["engine_bytes"] == 3 * 1048576);
+    CHECK(row["model_flops_per_s"].get<double>() == 2.5e9 * (i + 1));
+    CHECK(row["round_medians_ms"].size() == 1);
+    // Every JSON column and the two per-round series, nothing else.
+    size_t n_json = 2;
+    for (const BenchColumn& c : bench_columns()) {
+      n_json += (c.outputs & kJson) != 0;
+      if (c.outputs & kJson) CHECK_MESSAGE(row.contains(c.name), c.name);
+    }
+    CHECK(row.size() == n_json);
+  }
+  CHECK_FALSE(std::getline(in, line));
+  CHECK_THROWS_AS(bench_column("no_such_column"), std::logic_error);
+}
+
+TEST_CASE("bench: the terminal table shows each row's cells from the same columns") {
+  std::ostringstream out;
+  print_bench_table(fixed_result(), out);
+  const std::string s = out.str();
+  CHECK(s.find(" threads     ms/step (MAD)     tok/s  speedup    eff") != std::string::npos);
+  // threads, ms (MAD), tok/s, speedup, eff, GFLOP/s, sgemm, MFU, phases, loss, engine, peakRSS, others
+  CHECK(s.find("       1     250.00 (1.00)         0    1.00x   100%     2.5     0.0  50.0%  "
+               "200.00 80% | 40.00 16% | 10.00 4%  0.000 -> 2.500      3.0      0.0       ?") != std::string::npos);
+  CHECK(s.find("      3*      83.33 (1.00)") != std::string::npos);
+  CHECK(s.find("     25%\n") != std::string::npos);
 }
