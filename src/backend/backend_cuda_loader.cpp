@@ -1,7 +1,8 @@
 // make_cuda_backend and cuda_info: load the CUDA module (libchargpt_cuda.so,
 // see cuda_module.h) on first use, so that a run that never asks for CUDA never
 // loads the CUDA runtime or cuBLAS. The module is looked for beside the running
-// executable, then on the loader's search path. It stays loaded until exit
+// executable, then in ../lib/chargpt/ from it (the installed layout), then on the
+// loader's search path. It stays loaded until exit
 // (CUDA libraries must not be unloaded while the process may still use them).
 #include <dlfcn.h>
 
@@ -30,10 +31,12 @@ const CudaModule& cuda_module() {
     void* h = nullptr;
     std::error_code ec;
     const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-    if (!ec) {
-      const std::string beside = (exe.parent_path() / CHARGPT_CUDA_MODULE).string();
-      h = dlopen(beside.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (!h) tried = dlerror();
+    // Beside the executable (the build tree), then where `cmake --install` puts it (P/bin → P/lib/chargpt).
+    for (const char* dir : {".", "../lib/chargpt"}) {
+      if (ec || h) break;
+      const std::string path = (exe.parent_path() / dir / CHARGPT_CUDA_MODULE).string();
+      h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (!h) tried += (tried.empty() ? "" : "; ") + std::string(dlerror());
     }
     if (!h) {
       h = dlopen(CHARGPT_CUDA_MODULE, RTLD_NOW | RTLD_LOCAL);
