@@ -4,7 +4,8 @@
 // bf16. The fp32 parameter block stays the master copy; this backend keeps a bf16
 // copy of the whole block (same layout), refreshed by weights_changed() for the
 // ranges the AdamW chunk loop just wrote (so once per step). Each product's other
-// input is rounded to bf16 per call (round to nearest even). Products accumulate
+// input comes in bf16 when the op that produced it wrote a copy (linear_forward16;
+// the weight gradient reuses it), else it is rounded here (nearest even). Products accumulate
 // in fp32 and write fp32; the bias add, the bias gradient and the `accumulate`
 // sum (post-op sum, one fp32 add) are fp32. Everything outside the products
 // (LayerNorm, softmax, the loss, AdamW) is the same fp32 code as ever.

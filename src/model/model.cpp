@@ -208,7 +208,7 @@ void gpt_backward(Backend& be, const Config& cfg, const ParamViews& P, const Par
   // The forward's bf16 copies (if it wrote them) serve the weight gradients' products.
   const bool b16 = be.wants_bf16_inputs() && a.bf16_written;
   if (!accumulate) {
-    // The matrices and biases are written by their first (only) matmul_backward;
+    // The matrices and biases are written by their first (only) linear_backward;
     // LayerNorm and wpe gradients are sums of += and start from zero here.
     fill_zero(G.wpe, (size_t)cfg.block_size * C);
     for (const LayerParams& L : G.layers)

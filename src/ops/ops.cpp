@@ -544,7 +544,7 @@ namespace {
 
 constexpr int kLanes = 16;
 
-// Four rows at once (x loaded once per chunk); per row the same arithmetic as dot().
+// Four rows at once (x loaded once per chunk); each row's 16 lane sums, then a fixed tree.
 inline void dot4(float out[4], const float* __restrict w, int ldw, const float* __restrict x, int n) {
   float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
   const float* w0 = w;

@@ -330,7 +330,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& out) {
     if (!o.quiet && (tty || log_now)) {
       const double eta = ema_step_s * (o.steps - e.step());
       char line[256];
-      char val[32] = "";  // rounded like the evaluation lines (it used to truncate: 3.7554 beside 3.7555)
+      char val[32] = "";  // rounded like the evaluation lines, so both show the same digits
       if (!std::isnan(val_loss)) std::snprintf(val, sizeof val, ", val %.4f", val_loss);
       std::snprintf(line, sizeof line, "%sstep %d/%d  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %s%s",
                     tty ? "\r\033[K" : "", e.step(), o.steps, loss, val, lr,

@@ -1,4 +1,4 @@
-// The CUDA backend (issue 13). Without a GPU this file still verifies the
+// The CUDA backend. Without a GPU this file still verifies the
 // row-major → column-major cuBLAS mapping (fed to a column-major CPU sgemm on the
 // model's shapes), the staging layout, the weight-upload schedule, and the
 // whole device backend (backend_device.cpp: staging, grow-only buffers, bias and

@@ -13,7 +13,7 @@
 //    relative error <= u = 2^-8). a'b' = ab(1+δa)(1+δb), so the rounding of the inputs
 //    moves y by at most (2u + u²)·S; the products of bf16 values are exact in fp32 and
 //    the sums are fp32: another γ_{K+2}·S. Total: (2u + u² + γ_{K+2})·S, about
-//    7.8e-3 relative to S (the "about 2e-3" is the typical error; the bound is
+//    7.8e-3 relative to S (a typical error is about 2e-3; the bound is
 //    the worst case, so it can never fail spuriously). A wrong index moves an output
 //    by O(1/sqrt(K)) relative to S (0.1..0.5 for these shapes), far above the bound:
 //    the "catches a wrong index" case shows it.
