@@ -1,8 +1,8 @@
 // The oneDNN backend: its linear products (fp32 and bf16 on AMX) against the
 // double-precision reference, bf16 training (loss against fp32, bit-identical
 // for any thread count and across a resume), the weight-copy schedule, and the
-// CLI flags. Where oneDNN is not built or the CPU has no AMX, every case says
-// "SKIPPED: <why>" and passes (a CTest entry still runs it).
+// CLI flags. A case that needs oneDNN where it is not built, or bf16 where the CPU
+// has no AMX, is skipped (CHARGPT_SKIP: CTest counts it as skipped, not passed).
 //
 // Tolerances: a rigorous per-element bound, not a guess. For one output
 // y = Σ_k a_k·b_k (+ bias, + the old value when accumulating) with
@@ -44,9 +44,11 @@
 #include "ops/ref_ops.h"
 #include "base/rng.h"
 #include "train/train.h"
-#include "util.h"
+#include "support.h"
 
 using namespace chargpt;
+using chargpt::test::bytes_of;
+using chargpt::test::randn;
 using chargpt::test::run_cli;
 using chargpt::test::TempDir;
 
@@ -58,20 +60,14 @@ using VD = std::vector<double>;
 constexpr BackendOptions kBf16{BackendKind::onednn, Precision::bf16, false};
 constexpr BackendOptions kF32{BackendKind::onednn, Precision::fp32, false};
 
-// The backend, or null after printing why it cannot run here.
+// The backend, or null with the case marked skipped (why it cannot run here).
 std::unique_ptr<Backend> backend_or_skip(const BackendOptions& opt) {
   try {
     return make_backend(opt);
   } catch (const std::exception& e) {
-    MESSAGE("SKIPPED: " << std::string(e.what()));
+    test::mark_skipped(e.what());
     return nullptr;
   }
-}
-
-VF randn(Rng& rng, size_t n, double scale = 1.0) {
-  VF v(n);
-  for (auto& x : v) x = (float)(scale * rng.normal());
-  return v;
 }
 VD to_d(const VF& v) { return VD(v.begin(), v.end()); }
 VD absd(const VF& v) {
@@ -216,13 +212,6 @@ void check_linear(Backend& be, Shape s, bool bf16, uint64_t seed) {
   CHECK(be.wants_bf16_inputs() == bf16);
 }
 
-std::string bytes_of(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 TEST_CASE("onednn: bf16 linear forward and backward against the reference within the bf16 rounding bound") {
@@ -288,13 +277,7 @@ namespace {
 
 // The baby preset's width and context with 2 layers: the real product shapes, fast enough for a test.
 Config small_config(int vocab) {
-  Config c;
-  c.vocab_size = vocab;
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_embd = 128;
-  c.block_size = 64;
-  return c;
+  return {.vocab_size = vocab, .block_size = 64, .n_layer = 2, .n_head = 4, .n_embd = 128};
 }
 
 struct Run {
@@ -408,11 +391,14 @@ TEST_CASE("onednn: a bf16 run split and resumed gives the same bits as one run")
   CHECK(bytes_of(optim_state_path(part.out_path)) == bytes_of(optim_state_path(whole.out_path)));
 }
 
-TEST_CASE("cli: --backend and --precision on train, eval, sample and bench") {
+namespace {
+const std::string kCliModel =
+    " --n-layer 1 --n-embd 32 --n-head 2 --block-size 16 --batch-size 4 --data " CHARGPT_DATA_FILE;
+}  // namespace
+
+TEST_CASE("cli: --backend and --precision usage errors name the flag and the value, whatever the build") {
   TempDir dir("onednn_cli");
-  const std::string ck = dir / "m.safetensors", data = CHARGPT_DATA_FILE;
-  const std::string model = " --n-layer 1 --n-embd 32 --n-head 2 --block-size 16 --batch-size 4 --data " + data;
-  // Usage errors name the flag and the value, whatever the build.
+  const std::string ck = dir / "m.safetensors", model = kCliModel;
   auto r = run_cli("train --precision fp16 --out " + ck + model);
   CHECK(r.status == 2);
   CHECK(r.output.find("precision 'fp16' is not one of: fp32, bf16") != std::string::npos);
@@ -422,9 +408,31 @@ TEST_CASE("cli: --backend and --precision on train, eval, sample and bench") {
   r = run_cli("train --backend openblas --precision bf16 --steps 1 --out " + ck + model);
   CHECK(r.status == 2);
   CHECK(r.output.find("--precision bf16 needs --backend onednn") != std::string::npos);
+}
+
+TEST_CASE("cli: --backend onednn evaluates a checkpoint to the loss openblas gives") {
+  if (!backend_or_skip(kF32)) return;
+  TempDir dir("onednn_cli_fp32");
+  const std::string ck = dir / "m.safetensors";
+  REQUIRE(run_cli("train --steps 5 --eval-interval 0 --threads 2 --out " + ck + kCliModel).status == 0);
+  auto loss = [&](const std::string& flags) {
+    auto e = run_cli("eval --json --checkpoint " + ck + " --data " CHARGPT_DATA_FILE " " + flags);
+    REQUIRE(e.status == 0);
+    const auto at = e.output.find("\"loss\":");
+    REQUIRE(at != std::string::npos);
+    return std::stod(e.output.substr(at + 7));
+  };
+  const double lf = loss(""), lo = loss("--backend onednn");
+  MESSAGE("eval loss: openblas fp32 " << lf << ", onednn fp32 " << lo);
+  CHECK(std::fabs(lo - lf) < 1e-4);
+}
+
+TEST_CASE("cli: --precision bf16 on train, eval, sample and bench runs every product on AMX") {
   if (!backend_or_skip(kBf16)) return;
+  TempDir dir("onednn_cli_bf16");
+  const std::string ck = dir / "m.safetensors", data = CHARGPT_DATA_FILE, model = kCliModel;
   // bf16 end to end (--precision bf16 alone picks onednn).
-  r = run_cli("train --precision bf16 --steps 30 --eval-interval 0 --threads 2 --out " + ck + model);
+  auto r = run_cli("train --precision bf16 --steps 30 --eval-interval 0 --threads 2 --out " + ck + model);
   REQUIRE(r.status == 0);
   CHECK(r.output.find("onednn bf16") != std::string::npos);
   auto loss = [&](const std::string& flags) {
@@ -470,11 +478,19 @@ TEST_CASE("cli: --backend and --precision on train, eval, sample and bench") {
   CHECK(r.output.find("oneDNN cannot use it") != std::string::npos);
 }
 
-TEST_CASE("onednn: backend_info names oneDNN, its ISA and the AMX kernel bf16 products run on") {
+TEST_CASE("onednn: backend_info names oneDNN's version, its ISA and whether the CPU has AMX") {
+  if (!backend_or_skip(kF32)) return;
+  const std::string info = backend_info();
+  MESSAGE(info);
+  CHECK(info.find("\nonednn: ") != std::string::npos);
+  CHECK(info.find(" (isa ") != std::string::npos);
+  CHECK(info.find(", cpu amx_bf16 ") != std::string::npos);
+}
+
+TEST_CASE("onednn: backend_info names the AMX kernel bf16 products run on") {
   if (!backend_or_skip(kBf16)) return;
   const std::string info = backend_info();
   MESSAGE(info);
-  CHECK(info.find("onednn: ") != std::string::npos);
   CHECK(info.find("isa avx512_core_amx") != std::string::npos);
   CHECK(info.find("onednn bf16 matmul: brg:avx512_core_amx_bf16") != std::string::npos);
 }
@@ -503,42 +519,54 @@ TEST_CASE("onednn: the KV step's matvec in bf16 is within the bf16 bound and ind
   CHECK(rel_err(whole, ref, S) > 10 * fp32_tol(IC));
 }
 
-TEST_CASE("onednn: gemm (the bench's product rate) against the reference, transposes, strides and beta") {
-  for (const BackendOptions& bo : {kF32, kBf16}) {
-    auto be = backend_or_skip(bo);
-    if (!be) return;
-    const bool bf16 = bo.precision == Precision::bf16;
-    Rng rng(9);
-    const int M = 19, N = 23, K = 37;
-    for (bool ta : {false, true})
-      for (bool tb : {false, true})
-        for (float beta : {0.f, 1.f}) {
-          CAPTURE(ta);
-          CAPTURE(tb);
-          CAPTURE(beta);
-          const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
-          const VF A = randn(rng, (size_t)(ta ? K : M) * lda), B = randn(rng, (size_t)(tb ? N : K) * ldb),
-                   C0 = randn(rng, (size_t)M * ldc);
-          VF C = C0;
-          be->gemm(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
-          VF got;
-          VD want, S;
-          for (int m = 0; m < M; ++m)
-            for (int n = 0; n < N; ++n) {
-              double acc = beta * C0[(size_t)m * ldc + n], s = std::fabs(acc);
-              for (int k = 0; k < K; ++k) {
-                const double a = A[ta ? (size_t)k * lda + m : (size_t)m * lda + k];
-                const double b = B[tb ? (size_t)n * ldb + k : (size_t)k * ldb + n];
-                acc += a * b;
-                s += std::fabs(a * b);
-              }
-              got.push_back(C[(size_t)m * ldc + n]);
-              want.push_back(acc);
-              S.push_back(s);
+namespace {
+
+// gemm on be against the double reference: both transposes, padded strides, beta 0 and 1.
+void check_gemm(Backend& be, bool bf16) {
+  Rng rng(9);
+  const int M = 19, N = 23, K = 37;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (float beta : {0.f, 1.f}) {
+        CAPTURE(ta);
+        CAPTURE(tb);
+        CAPTURE(beta);
+        const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
+        const VF A = randn(rng, (size_t)(ta ? K : M) * lda), B = randn(rng, (size_t)(tb ? N : K) * ldb),
+                 C0 = randn(rng, (size_t)M * ldc);
+        VF C = C0;
+        be.gemm(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+        VF got;
+        VD want, S;
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            double acc = beta * C0[(size_t)m * ldc + n], s = std::fabs(acc);
+            for (int k = 0; k < K; ++k) {
+              const double a = A[ta ? (size_t)k * lda + m : (size_t)m * lda + k];
+              const double b = B[tb ? (size_t)n * ldb + k : (size_t)k * ldb + n];
+              acc += a * b;
+              s += std::fabs(a * b);
             }
-          CHECK(worst(got, want, S, bf16 ? bf16_tol(K) : fp32_tol(K)) <= 1);
-          for (int m = 0; m < M; ++m)  // the padding between rows of C is left alone
-            CHECK(std::memcmp(&C[(size_t)m * ldc + N], &C0[(size_t)m * ldc + N], 2 * 4) == 0);
-        }
-  }
+            got.push_back(C[(size_t)m * ldc + n]);
+            want.push_back(acc);
+            S.push_back(s);
+          }
+        CHECK(worst(got, want, S, bf16 ? bf16_tol(K) : fp32_tol(K)) <= 1);
+        for (int m = 0; m < M; ++m)  // the padding between rows of C is left alone
+          CHECK(std::memcmp(&C[(size_t)m * ldc + N], &C0[(size_t)m * ldc + N], 2 * 4) == 0);
+      }
+}
+
+}  // namespace
+
+TEST_CASE("onednn: fp32 gemm (the bench's product rate) against the reference, transposes, strides and beta") {
+  auto be = backend_or_skip(kF32);
+  if (!be) return;
+  check_gemm(*be, false);
+}
+
+TEST_CASE("onednn: bf16 gemm against the reference within the bf16 bound, transposes, strides and beta") {
+  auto be = backend_or_skip(kBf16);
+  if (!be) return;
+  check_gemm(*be, true);
 }

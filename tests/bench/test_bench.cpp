@@ -15,7 +15,7 @@
 
 #include "bench/bench.h"
 #include "bench/bench_report.h"
-#include "util.h"
+#include "support.h"
 #include "io/data.h"
 #include "base/rng.h"
 
@@ -124,15 +124,6 @@ TEST_CASE("bench: thread lists") {
 
 namespace {
 
-// ~20k characters of word salad over a small alphabet.
-std::string tiny_corpus() {
-  const char* words[] = {"the ", "king ", "and ", "queen ", "of ", "hearts\n", "rode ", "to ", "war ", "a "};
-  Rng rng(7);
-  std::string s;
-  while (s.size() < 20000) s += words[rng.below(10)];
-  return s;
-}
-
 std::vector<std::string> split_csv(const std::string& line) {
   std::vector<std::string> out;
   std::stringstream ss(line);
@@ -144,7 +135,7 @@ std::vector<std::string> split_csv(const std::string& line) {
 }  // namespace
 
 TEST_CASE("bench: run_bench trains the same model at every thread count") {
-  Dataset ds = make_dataset(tiny_corpus());
+  Dataset ds = make_dataset(test::word_corpus());
   BenchOptions o;
   o.model.n_layer = 1;
   o.model.n_head = 2;
@@ -176,11 +167,7 @@ TEST_CASE("bench: run_bench trains the same model at every thread count") {
 
 TEST_CASE("bench: chargpt bench smoke run writes the CSV") {
   const test::TempDir dir("bench");
-  const std::string data = dir / "corpus.txt", csv = dir / "out.csv";
-  {
-    std::ofstream f(data);
-    f << tiny_corpus();
-  }
+  const std::string data = test::write_corpus(dir), csv = dir / "out.csv";
   const auto [status, out] = test::run_cli("bench --data " + data +
                                            " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4"
                                            " --threads 1,2 --steps 2 --warmup 1 --rounds 1 --sgemm-size 64 -q --csv " +

@@ -23,17 +23,18 @@
 #include "engine/memory.h"
 #include "train/train.h"
 #include "base/rng.h"
-#include "util.h"
+#include "support.h"
 
 extern char** environ;
 
+using chargpt::test::bytes_of;
+using chargpt::test::contains;
 using chargpt::test::run_cli;
 using chargpt::test::TempDir;
+using chargpt::test::write_corpus;
 namespace fs = std::filesystem;
 
 namespace {
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // --help wraps its lines: one space for every run of white space.
 std::string squeeze(const std::string& s) {
@@ -42,20 +43,6 @@ std::string squeeze(const std::string& s) {
     if (!std::isspace((unsigned char)c)) out += c;
     else if (out.empty() || out.back() != ' ') out += ' ';
   return out;
-}
-
-// ~20k characters of word salad: enough for windows of 256.
-std::string write_corpus(const TempDir& dir) {
-  const std::string path = dir / "corpus.txt";
-  std::ofstream f(path);
-  const char* words[] = {"to ", "be ", "or ", "not ", "the ", "king ", "shall ", "love ", "thee\n", "and "};
-  chargpt::Rng rng(3);
-  for (size_t n = 0; n < 20000;) {
-    const char* w = words[rng.below(10)];
-    f << w;
-    n += std::string(w).size();
-  }
-  return path;
 }
 
 // A tiny model's flags: runs take well under a second.
@@ -199,11 +186,6 @@ TEST_CASE("cli: bench sorts its thread list and reports JSON and CSV") {
 // Signals, outputs, logs.
 
 namespace {
-
-std::string bytes_of(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
 int checkpoint_step(const std::string& path) {
   chargpt::Metadata meta;
@@ -365,7 +347,7 @@ TEST_CASE("cli: the training memory estimate covers what the engine allocates") 
   CHECK(chargpt::estimate_train_bytes(cfg, 2000000000, 0, 0) > 1e20);
 }
 
-TEST_CASE("cli: huge shapes, batches and --tokens are refused with the memory they would need") {
+TEST_CASE("cli: huge shapes and batches are refused with the memory they would need") {
   TempDir dir("cli_memory");
   const std::string data = write_corpus(dir), out = dir / "w.safetensors";
   for (const char* flags : {"--n-embd 1000000", "--batch-size 2000000000", "--n-layer 2000000",
@@ -384,15 +366,17 @@ TEST_CASE("cli: huge shapes, batches and --tokens are refused with the memory th
   r = run_cli("bench --threads 1 --data " + data + " --batch-size 2000000000");
   CHECK(r.status == 1);
   CHECK(contains(r.output, "GiB of memory; "));
+}
 
-  // --tokens: the limit comes from ulimit -v here, since this machine has enough for any int.
-  if (chargpt::test::kUnderAddressSanitizer) {
-    MESSAGE("SKIPPED: the --tokens part needs a virtual-memory limit, which an ASan build cannot run under");
-    return;
-  }
+TEST_CASE("cli: --tokens beyond the virtual-memory limit is refused with the memory it would need") {
+  // The limit comes from ulimit -v here, since this machine has enough for any int.
+  if (chargpt::test::kUnderAddressSanitizer)
+    CHARGPT_SKIP("needs a virtual-memory limit, which an ASan build cannot run under");
+  TempDir dir("cli_tokens");
+  const std::string data = write_corpus(dir), out = dir / "w.safetensors";
   REQUIRE(run_cli("train --steps 1 --threads 1 --data " + data + kTiny + " --out " + out).status == 0);
-  r = run_cli("help >/dev/null; prlimit --as=4294967296 " CHARGPT_BINARY " sample --checkpoint " + out +
-              " --tokens 2000000000 --json 2>&1; echo status $?");
+  const auto r = run_cli("help >/dev/null; prlimit --as=4294967296 " CHARGPT_BINARY " sample --checkpoint " + out +
+                         " --tokens 2000000000 --json 2>&1; echo status $?");
   CAPTURE(r.output);
   CHECK(contains(r.output, "status 1"));
   CHECK(contains(r.output, "--tokens 2000000000 would need 14.9 GiB of memory; this process may use (ulimit -v) "
@@ -405,18 +389,14 @@ TEST_CASE("cli: huge shapes, batches and --tokens are refused with the memory th
 TEST_CASE("cli: threads that cannot be started are an error message and exit 1, not an abort") {
   // RLIMIT_NPROC caps the threads of the real user; root is exempt, so as root the command runs as nobody.
   const bool root = ::geteuid() == 0;
-  if (run_cli("help >/dev/null; command -v prlimit && command -v setpriv").status != 0) {
-    MESSAGE("SKIPPED: prlimit or setpriv (util-linux) is not installed");
-    return;
-  }
+  if (run_cli("help >/dev/null; command -v prlimit && command -v setpriv").status != 0)
+    CHARGPT_SKIP("prlimit or setpriv (util-linux) is not installed");
   TempDir dir("cli_nproc");
   fs::permissions(dir.path, fs::perms::all);  // writable for nobody
   const std::string data = write_corpus(dir);
   const std::string as_user = root ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
-  if (run_cli("help >/dev/null; " + as_user + CHARGPT_BINARY " --help >/dev/null").status != 0) {
-    MESSAGE("SKIPPED: the binary cannot be run as nobody here (directory permissions)");
-    return;
-  }
+  if (run_cli("help >/dev/null; " + as_user + CHARGPT_BINARY " --help >/dev/null").status != 0)
+    CHARGPT_SKIP("the binary cannot be run as nobody here (directory permissions)");
   // Three threads for the user: this process and two more, while 8 are asked for.
   for (const std::string& cmd : {"train --steps 2 --out " + (dir / "w.safetensors") + " --data " + data + kTiny,
                                 "bench --steps 1 --warmup 0 --rounds 1 --data " + data})

@@ -20,7 +20,7 @@
 #include "base/hash.h"
 #include "base/rng.h"
 #include "train/train.h"
-#include "util.h"
+#include "support.h"
 
 using namespace chargpt;
 using chargpt::test::RunResult;
@@ -30,24 +30,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using chargpt::test::bytes_of;
 using chargpt::test::run_shell;
-
-std::string bytes_of(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-// A made-up corpus: enough for a few hundred windows of 16.
-std::string write_corpus(const TempDir& dir, uint64_t seed = 5) {
-  const std::string path = dir / ("corpus" + std::to_string(seed) + ".txt");
-  std::ofstream f(path);
-  Rng rng(seed);
-  const char* words[] = {"to", "be", "or", "not", "the", "king", "shall", "love", "thee", "and", "night"};
-  for (int i = 0; i < 3000; ++i) f << words[rng.below(11)] << (rng.below(9) == 0 ? ".\n" : " ");
-  return path;
-}
+using chargpt::test::write_corpus;
 
 // 7 sequences in shards of 2: 4 shards (2, 2, 2, 1), so 3 ranks get 1, 1 and 2.
 const std::string kTiny =
@@ -97,12 +82,10 @@ std::string loss_lines(const std::string& path) {
   return out;
 }
 
+// False, with the case marked skipped, in a build without MPI ("dist: mpi_info ..." checks that build).
 bool mpi_tests_run() {
   if (dist::compiled_in()) return true;
-  MESSAGE("SKIPPED: MPI is not compiled in (configure with -DCHARGPT_MPI=ON and Open MPI installed): "
-          "the mpirun tests did not run");
-  CHECK(dist::mpi_info().find("not compiled in") != std::string::npos);
-  CHECK(dist::size() == 1);
+  test::mark_skipped("MPI is not compiled in (configure with -DCHARGPT_MPI=ON and Open MPI installed)");
   return false;
 }
 
@@ -350,11 +333,7 @@ TEST_CASE("mpi: Ctrl-C on mpirun stops every rank at the same step with one chec
 }
 
 TEST_CASE("dist: a build without MPI launched as several ranks refuses to train instead of training copies") {
-  if (dist::compiled_in()) {
-    MESSAGE("SKIPPED: this build has MPI; the refusal is for builds without it");
-    CHECK(dist::mpi_info().find("(compiled in)") != std::string::npos);
-    return;
-  }
+  if (dist::compiled_in()) CHARGPT_SKIP("this build has MPI; the refusal is for builds without it");
   TempDir dir("nompi");
   const std::string corpus = write_corpus(dir);
   // What mpirun would set for rank 1 of 2.

@@ -15,16 +15,12 @@
 #include "engine/engine.h"
 #include "ops/ops.h"
 #include "base/rng.h"
+#include "support.h"
 
 using namespace chargpt;
+using chargpt::test::randn;
 
 namespace {
-
-std::vector<float> randn(Rng& rng, size_t n, double sd = 1.0) {
-  std::vector<float> v(n);
-  for (auto& x : v) x = (float)(sd * rng.normal());
-  return v;
-}
 
 bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
 
@@ -63,23 +59,6 @@ struct RecordingBackend final : Backend {
     inner.gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
 };
-
-Config tiny_config() {
-  Config c;
-  c.vocab_size = 11;
-  c.block_size = 8;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 16;
-  return c;
-}
-
-std::vector<int32_t> tiny_split(int n) {
-  Rng rng(3);
-  std::vector<int32_t> s(n);
-  for (auto& t : s) t = (int32_t)rng.below(11);
-  return s;
-}
 
 }  // namespace
 
@@ -131,8 +110,8 @@ TEST_CASE("backend: names parse, and an unusable choice is one clear error") {
 }
 
 TEST_CASE("engine: the phases over split ranges are one train_step, bit for bit") {
-  const Config cfg = tiny_config();
-  const auto split = tiny_split(500);
+  const Config cfg = test::tiny_config(11);
+  const auto split = test::random_tokens(500, cfg.vocab_size, 3);
   AdamW opt;
   Engine whole(cfg, 7, 2, 2, 99), parts(cfg, 7, 2, 1, 99);
   REQUIRE(whole.n_shards() == 4);
@@ -170,8 +149,8 @@ TEST_CASE("engine: the phases over split ranges are one train_step, bit for bit"
 }
 
 TEST_CASE("engine: every product goes through the backend and the weight hook covers each weight once a step") {
-  const Config cfg = tiny_config();
-  const auto split = tiny_split(500);
+  const Config cfg = test::tiny_config(11);
+  const auto split = test::random_tokens(500, cfg.vocab_size, 3);
   auto rec = std::make_unique<RecordingBackend>();
   RecordingBackend& r = *rec;
   Engine e(cfg, 5, 2, 2, 7, std::move(rec));

@@ -12,24 +12,12 @@
 #include "io/data.h"
 #include "base/hash.h"
 #include "io/tokenizer.h"
-#include "file_helpers.h"
-#include "util.h"
+#include "support.h"
 
 using namespace chargpt;
 using namespace chargpt::test;
 using json = nlohmann::json;
 namespace fs = std::filesystem;
-
-namespace {
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-// The CLI under a time limit: a read that never ends fails the test instead of hanging it.
-RunResult run_cli_limited(const std::string& args) {
-  return chargpt::test::run_shell("timeout 20 " + std::string(CHARGPT_BINARY) + " " + args);
-}
-
-}  // namespace
 
 TEST_CASE("files: a config whose parameter count overflows is refused before anything is allocated") {
   TempDir dir("files");
@@ -133,16 +121,16 @@ TEST_CASE("files: devices, FIFOs and directories are refused without being read,
   CHECK(kMaxReadBytes == (uint64_t(2) << 30));
 
   // The commands: checkpoint, data and prompt file.
-  auto r = run_cli_limited("eval --checkpoint /dev/zero");
+  auto r = run_cli("eval --checkpoint /dev/zero", 20);
   CHECK(r.status == 1);
   CHECK(r.output == "chargpt eval: error: '/dev/zero' is a character device, not a regular file\n");
-  r = run_cli_limited("train --steps 1 --data " + fifo + " --out " + dir / "o.safetensors");
+  r = run_cli("train --steps 1 --data " + fifo + " --out " + dir / "o.safetensors", 20);
   CHECK(r.status == 1);
   CHECK(contains(r.output, "'" + fifo + "' is a FIFO (named pipe), not a regular file"));
-  r = run_cli_limited("sample --prompt-file /dev/zero");
+  r = run_cli("sample --prompt-file /dev/zero", 20);
   CHECK(r.status == 1);
   CHECK(contains(r.output, "'/dev/zero' is a character device, not a regular file"));
-  r = run_cli_limited("sample --prompt-file " + fifo);
+  r = run_cli("sample --prompt-file " + fifo, 20);
   CHECK(r.status == 1);
   CHECK(contains(r.output, "is a FIFO"));
 }
@@ -158,7 +146,7 @@ TEST_CASE("files: a flipped byte in the tensor data is reported as corruption, n
     CHECK(meta[kChecksumKey].starts_with(kChecksumAlgo));
     CHECK(meta[kChecksumKey].size() == std::string(kChecksumAlgo).size() + 16);
   }
-  std::string bytes = slurp(path);
+  std::string bytes = bytes_of(path);
   for (size_t at : {bytes.size() - 1, bytes.size() - 4000, bytes.size() / 2 + 3}) {
     std::string bad = bytes;
     bad[at] ^= 0x01;  // one bit of one float: still a plausible weight
@@ -184,7 +172,7 @@ TEST_CASE("files: a changed character in the metadata or the tensor list is repo
   TempDir dir("files");
   const std::string path = dir / "meta.safetensors";
   save_tiny(path);
-  const std::string bytes = slurp(path);
+  const std::string bytes = bytes_of(path);
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);
   const std::string header = bytes.substr(8, n);

@@ -9,7 +9,7 @@
 
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
-#include "file_helpers.h"
+#include "support.h"
 
 using namespace chargpt;
 using namespace chargpt::test;
@@ -21,7 +21,7 @@ const fs::path kFuzzDir = fs::path(CHARGPT_SOURCE_DIR) / "tests" / "fuzz";
 
 // What the checkpoint target does; returns the error, "" if the file loads.
 std::string load_as_checkpoint(const std::string& path) {
-  return error_of([&] { model_from_safetensors(parse_safetensors(slurp(path), path)); });
+  return error_of([&] { model_from_safetensors(parse_safetensors(bytes_of(path), path)); });
 }
 
 std::vector<fs::path> files_in(const fs::path& dir, const std::string& prefix = "") {
@@ -61,7 +61,7 @@ TEST_CASE("fuzz corpus: every seed and regression input is accepted or refused w
     for (const auto& p : files_in(kFuzzDir / "corpus" / target)) {
       CAPTURE(p.string());
       try {
-        model_from_safetensors(parse_safetensors(slurp(p.string()), p.string()));
+        model_from_safetensors(parse_safetensors(bytes_of(p.string()), p.string()));
       } catch (const std::runtime_error& e) {
         CHECK(std::string(e.what()).size() < 1000);  // one line, not a dump
       }
@@ -70,7 +70,7 @@ TEST_CASE("fuzz corpus: every seed and regression input is accepted or refused w
   }
   for (const auto& p : files_in(kFuzzDir / "regressions")) {
     CAPTURE(p.string());
-    const std::string bytes = slurp(p.string());
+    const std::string bytes = bytes_of(p.string());
     if (p.filename().string().starts_with("utf8-")) {
       std::u32string cps;
       bool valid = true;
@@ -89,7 +89,7 @@ TEST_CASE("fuzz corpus: every seed and regression input is accepted or refused w
     ++files;
   }
   for (const auto& p : files_in(kFuzzDir / "corpus" / "utf8")) {
-    const std::string bytes = slurp(p.string());
+    const std::string bytes = bytes_of(p.string());
     std::string err, round_trip;
     try {
       round_trip = utf8_encode(utf8_decode(bytes));

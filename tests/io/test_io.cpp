@@ -10,20 +10,11 @@
 #include "io/data.h"
 #include "model/model.h"
 #include "io/tokenizer.h"
-#include "util.h"
+#include "support.h"
 
 using namespace chargpt;
+using chargpt::test::error_of;
 namespace fs = std::filesystem;
-
-
-static std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST_CASE("tokenizer: UTF-8 round trip over code points") {
   const std::string text = "Hark! héllo ☃ 𝄞\nO Romeo";

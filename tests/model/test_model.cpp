@@ -10,48 +10,28 @@
 #include "base/rng.h"
 #include "train/train.h"
 #include "ref_model.h"
+#include "support.h"
 
 using namespace chargpt;
 
 namespace {
 
-Config tiny_config() {
-  Config c;
-  c.vocab_size = 7;
-  c.block_size = 6;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 8;
-  return c;
-}
-
-// Parameters far from the init so that every gradient is sizable.
-void random_params(const Config& cfg, float* p, uint64_t seed) {
-  Rng rng(seed);
-  for (const auto& s : param_specs(cfg)) {
-    const bool ln_w = s.name.find(".ln_") != std::string::npos && s.name.ends_with(".weight");
-    for (size_t i = 0; i < s.numel; ++i) p[s.offset + i] = (float)((ln_w ? 1.0 : 0.0) + 0.3 * rng.normal());
-  }
-}
-
-void random_tokens(std::vector<int32_t>& v, int V, uint64_t seed) {
-  Rng rng(seed);
-  for (auto& x : v) x = (int32_t)rng.below(V);
-}
+// Parameters far from the init (test::random_params, spread 0.3) so that every gradient is sizable.
+constexpr double kParamSpread = 0.3;
 
 // A tiny model at random parameters with a random batch of N sequences, and a
 // gradient computed by one forward + backward (accumulate: += into zeros, else =).
 struct TinyBatch {
-  Config cfg = tiny_config();
+  Config cfg = test::tiny_config(7);
   int N, t = cfg.block_size;
   size_t P = num_params(cfg);
   FloatBuffer p{P};
   std::vector<int32_t> in, tg;
   Activations acts;
   TinyBatch(int n, uint64_t seed) : N(n), in((size_t)n * t), tg((size_t)n * t), acts(cfg, n) {
-    random_params(cfg, p.data(), seed);
-    random_tokens(in, cfg.vocab_size, seed + 1);
-    random_tokens(tg, cfg.vocab_size, seed + 2);
+    test::random_params(cfg, p.data(), seed, kParamSpread);
+    in = test::random_tokens(in.size(), cfg.vocab_size, seed + 1);
+    tg = test::random_tokens(tg.size(), cfg.vocab_size, seed + 2);
   }
   void gradient(FloatBuffer& grad, bool accumulate = true) {
     if (accumulate) grad.zero();
@@ -113,13 +93,13 @@ TEST_CASE("model: init follows nanoGPT (std 0.02, residual projections 0.02/sqrt
 }
 
 TEST_CASE("model: fast float forward equals the double reference") {
-  const Config cfg = tiny_config();
+  const Config cfg = test::tiny_config(7);
   const int N = 3, t = cfg.block_size;
   FloatBuffer p(num_params(cfg));
-  random_params(cfg, p.data(), 7);
+  test::random_params(cfg, p.data(), 7, kParamSpread);
   std::vector<int32_t> in(N * t), tg(N * t);
-  random_tokens(in, cfg.vocab_size, 1);
-  random_tokens(tg, cfg.vocab_size, 2);
+  in = test::random_tokens(in.size(), cfg.vocab_size, 1);
+  tg = test::random_tokens(tg.size(), cfg.vocab_size, 2);
   Activations acts(cfg, N);
   const double fast = gpt_forward(cpu_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
   std::vector<double> pd(p.data(), p.data() + p.size());
@@ -200,8 +180,8 @@ TEST_CASE("model: loss at initialisation is within 0.1 of ln(vocab)") {
   init_params(cfg, p.data(), 1337);
   const int N = 4, t = cfg.block_size;
   std::vector<int32_t> in(N * t), tg(N * t);
-  random_tokens(in, cfg.vocab_size, 5);
-  random_tokens(tg, cfg.vocab_size, 6);
+  in = test::random_tokens(in.size(), cfg.vocab_size, 5);
+  tg = test::random_tokens(tg.size(), cfg.vocab_size, 6);
   Activations acts(cfg, N);
   const double loss = gpt_forward(cpu_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
   CAPTURE(loss);
@@ -217,7 +197,7 @@ TEST_CASE("model: a tiny batch is overfit to loss < 0.1") {
   cfg.n_embd = 32;
   // A split of block_size+2 tokens holds exactly two distinct windows.
   std::vector<int32_t> split(cfg.block_size + 2);
-  random_tokens(split, cfg.vocab_size, 9);
+  split = test::random_tokens(split.size(), cfg.vocab_size, 9);
   Engine e(cfg, 4, 1, 2, 1337);
   init_params(cfg, e.params(), 1337);
   e.weights_loaded();

@@ -24,8 +24,11 @@
 #include "ops/ref_ops.h"
 #include "base/rng.h"
 #include "ops_widths.h"
+#include "support.h"
 
 using namespace chargpt;
+using chargpt::test::randn;
+using chargpt::test::random_tokens;
 
 namespace {
 
@@ -41,16 +44,6 @@ constexpr double kTolNum = 1e-6;    // reference backward vs central differences
                                     // scale (seen <= 4e-9)
 constexpr double kH = 1e-6;         // central-difference step
 
-VF randn(Rng& rng, size_t n, double scale = 1.0, double offset = 0.0) {
-  VF v(n);
-  for (auto& x : v) x = (float)(offset + scale * rng.normal());
-  return v;
-}
-VI rand_tokens(Rng& rng, size_t n, int V) {
-  VI v(n);
-  for (auto& x : v) x = (int32_t)rng.below((uint64_t)V);
-  return v;
-}
 VD to_d(const VF& v) { return VD(v.begin(), v.end()); }
 VF nans(size_t n) { return VF(n, std::numeric_limits<float>::quiet_NaN()); }
 double dot(const VD& a, const VD& b) {
@@ -133,7 +126,7 @@ TEST_CASE("op: encoder forward matches reference") {
   const int N = 3, T = 7, C = 12, V = 11;
   Rng rng(101);
   const VF wte = randn(rng, (size_t)V * C), wpe = randn(rng, (size_t)T * C);
-  const VI tok = rand_tokens(rng, (size_t)N * T, V);
+  const VI tok = random_tokens(rng, (size_t)N * T, V);
   VF out = nans((size_t)N * T * C);
   encoder_forward(out.data(), tok.data(), wte.data(), wpe.data(), N, T, C);
   VD ref((size_t)N * T * C);
@@ -146,7 +139,7 @@ TEST_CASE("op: encoder backward accumulates like reference") {
   const int N = 3, T = 7, C = 12, V = 11;
   Rng rng(102);
   // tokens from [0, V-3): repeats are certain (21 tokens, 8 values), the last rows of dwte are untouched
-  const VI tok = rand_tokens(rng, (size_t)N * T, V - 3);
+  const VI tok = random_tokens(rng, (size_t)N * T, V - 3);
   const VF dout = randn(rng, (size_t)N * T * C);
   VF dwte = randn(rng, (size_t)V * C), dwpe = randn(rng, (size_t)T * C);  // pre-filled: += convention
   VD rdwte = to_d(dwte), rdwpe = to_d(dwpe);
@@ -162,7 +155,7 @@ TEST_CASE("op: encoder reference backward vs central differences") {
   const int N = 2, T = 5, C = 6, V = 4;  // 10 tokens over 4 values: repeats
   Rng rng(103);
   VD wte = to_d(randn(rng, (size_t)V * C)), wpe = to_d(randn(rng, (size_t)T * C));
-  const VI tok = rand_tokens(rng, (size_t)N * T, V);
+  const VI tok = random_tokens(rng, (size_t)N * T, V);
   const VD G = to_d(randn(rng, (size_t)N * T * C));
   VD out(G.size());
   auto L = [&] {
@@ -607,7 +600,7 @@ TEST_CASE("op: softmax_crossentropy forward matches reference, also in place (pr
     const int R = s.R, V = s.V;
     Rng rng(701);
     VF logits = randn(rng, (size_t)R * V, 3.0);
-    const VI tgt = rand_tokens(rng, R, V);
+    const VI tgt = random_tokens(rng, R, V);
     // stability rows: a huge common offset; a target far below the max (float prob underflows to 0)
     for (int i = 0; i < V; ++i) logits[(size_t)1 * V + i] += 1000.f;
     logits[(size_t)2 * V + tgt[2]] = -150.f;
@@ -644,7 +637,7 @@ TEST_CASE("op: softmax_crossentropy backward matches reference, also in place (d
   const int R = 9, V = 65;
   Rng rng(702);
   const VF logits = randn(rng, (size_t)R * V, 3.0);
-  const VI tgt = rand_tokens(rng, R, V);
+  const VI tgt = random_tokens(rng, R, V);
   const float dloss = 1.0f / 7.0f;  // not 1, so a forgotten factor shows up
   VF losses(R), probs(logits.size());
   softmax_crossentropy_forward(losses.data(), probs.data(), logits.data(), tgt.data(), R, V);
@@ -664,7 +657,7 @@ TEST_CASE("op: softmax_crossentropy reference backward vs central differences") 
   const int R = 7, V = 13;
   Rng rng(703);
   VD logits = to_d(randn(rng, (size_t)R * V, 3.0));
-  const VI tgt = rand_tokens(rng, R, V);
+  const VI tgt = random_tokens(rng, R, V);
   const double dloss = 0.37;
   VD losses(R), probs(logits.size());
   auto L = [&] {

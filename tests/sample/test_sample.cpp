@@ -26,42 +26,17 @@
 #include "sample/sample.h"
 #include "io/tokenizer.h"
 #include "train/train.h"
-#include "util.h"
+#include "support.h"
 
 using namespace chargpt;
+using chargpt::test::random_params;  // far from the init: attention far from uniform, logits spread
+using chargpt::test::random_tokens;
 
 namespace {
 
-// Parameters far from nanoGPT's init, so attention is far from uniform and
-// the logits spread: a sharper test of the cached step than the init.
-std::vector<float> wide_params(const Config& cfg, uint64_t seed, double sd = 0.2) {
-  std::vector<float> p(num_params(cfg));
-  Rng rng(seed);
-  for (const auto& s : param_specs(cfg)) {
-    const bool ln_w = s.name.find(".ln_") != std::string::npos && s.name.ends_with(".weight");
-    for (size_t i = 0; i < s.numel; ++i) p[s.offset + i] = (float)((ln_w ? 1.0 : 0.0) + sd * rng.normal());
-  }
-  return p;
-}
-
-std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> v(n);
-  for (auto& x : v) x = (int32_t)rng.below(V);
-  return v;
-}
-
 // Odd sizes on purpose: head_dim 10 and n_embd 40 are not multiples of the
 // kernels' 16 lanes, 3C = 120 and V = 13 are not multiples of their 32-row blocks.
-Config odd_config() {
-  Config c;
-  c.vocab_size = 13;
-  c.block_size = 12;
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_embd = 40;
-  return c;
-}
+Config odd_config() { return {.vocab_size = 13, .block_size = 12, .n_layer = 2, .n_head = 4, .n_embd = 40}; }
 
 // Logits of the last position of a window by the batched forward.
 std::vector<float> full_logits(const Config& cfg, const float* params, const int32_t* tokens, int n) {
@@ -82,7 +57,7 @@ constexpr float kLogitTol = 1e-4f;  // absolute, on logits of magnitude ~1-10
 
 TEST_CASE("sample: cached step logits equal gpt_forward at every position of a window") {
   const Config cfg = odd_config();
-  auto params = wide_params(cfg, 1);
+  auto params = random_params(cfg, 1, 0.2);
   const int T = cfg.block_size, V = cfg.vocab_size;
   auto toks = random_tokens(T, V, 2);
   Activations acts(cfg, 1);
@@ -111,7 +86,7 @@ TEST_CASE("sample: cached step logits equal gpt_forward at every position of a w
 
 TEST_CASE("sample: cached logits equal the cropped full forward past block_size (sliding window)") {
   const Config cfg = odd_config();
-  auto params = wide_params(cfg, 3);
+  auto params = random_params(cfg, 3, 0.2);
   const int T = cfg.block_size, V = cfg.vocab_size;
   auto seq = random_tokens(3 * T + 5, V, 4);
   for (int keep : {0, 1, T / 3, T - 1, T}) {
@@ -165,7 +140,7 @@ TEST_CASE("sample: greedy cached == uncached for 3*block_size tokens (random ini
     CAPTURE(variant);
     std::vector<float> params(num_params(cfg));
     if (variant == 0) init_params(cfg, params.data(), 7);  // nanoGPT's init
-    else params = wide_params(cfg, 7);
+    else params = random_params(cfg, 7, 0.2);
     const std::vector<int32_t> prompt{1, 2, 3};
     GenerateOptions opt;
     opt.max_new_tokens = 3 * cfg.block_size;
@@ -308,7 +283,7 @@ TEST_CASE("sample: same tokens and bit-identical logits for 1, 2 and 3 threads")
   cfg.n_layer = 2;
   cfg.n_head = 4;
   cfg.n_embd = 96;
-  auto params = wide_params(cfg, 31, 0.1);
+  auto params = random_params(cfg, 31, 0.1);
   auto seq = random_tokens(cfg.block_size, cfg.vocab_size, 32);
   std::vector<std::vector<float>> logits;
   std::vector<std::vector<int32_t>> texts;
@@ -398,21 +373,6 @@ std::string greedy(const Model& m, const std::string& prompt, int n, bool kv_cac
   return m.tok.decode(out);
 }
 
-// Runs the chargpt binary; returns its exit status, stdout in *out, stderr in *err.
-int run_cli(const std::string& args, std::string* out = nullptr, std::string* err = nullptr) {
-  const test::TempDir dir("cli");
-  const std::string o = dir / "stdout", e = dir / "stderr";
-  const std::string cmd = std::string("'") + CHARGPT_BINARY + "' sample " + args + " >'" + o + "' 2>'" + e + "'";
-  const int status = std::system(cmd.c_str());
-  auto slurp = [](const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(f), {});
-  };
-  if (out) *out = slurp(o);
-  if (err) *err = slurp(e);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 }  // namespace
 
 TEST_CASE("sample: golden greedy output of a tiny model trained on a made-up text") {
@@ -431,31 +391,35 @@ TEST_CASE("sample: golden greedy output of a tiny model trained on a made-up tex
 
 TEST_CASE("sample: CLI output, determinism and errors") {
   const std::string ck = "--checkpoint '" + trained_tiny().ckpt + "'";
-  std::string out, err, out2;
   // Streams the prompt then the text; --json carries the same text.
-  REQUIRE(run_cli(ck + " --prompt 'the ' --tokens 40 --seed 5", &out, &err) == 0);
-  CHECK(out.rfind("the ", 0) == 0);
-  CHECK(utf8_decode(out).size() == 4 + 40);
-  CHECK(err.find("tokens/s") != std::string::npos);
-  REQUIRE(run_cli(ck + " --prompt 'the ' --tokens 40 --seed 5 --threads 1 --json", &out2) == 0);
-  auto j = nlohmann::json::parse(out2);
-  CHECK(j["text"] == out);
+  auto r = test::run_cli_apart("sample " + ck + " --prompt 'the ' --tokens 40 --seed 5");
+  REQUIRE(r.status == 0);
+  CHECK(r.out.rfind("the ", 0) == 0);
+  CHECK(utf8_decode(r.out).size() == 4 + 40);
+  CHECK(r.err.find("tokens/s") != std::string::npos);
+  auto r2 = test::run_cli_apart("sample " + ck + " --prompt 'the ' --tokens 40 --seed 5 --threads 1 --json");
+  REQUIRE(r2.status == 0);
+  auto j = nlohmann::json::parse(r2.out);
+  CHECK(j["text"] == r.out);
   CHECK(j["prompt_tokens"] == 4);
   CHECK(j["new_tokens"] == 40);
   for (const char* k : {"seconds", "tokens_per_s", "ms_per_token", "peak_rss_mb"}) CHECK(j.contains(k));
-  REQUIRE(run_cli(ck + " --prompt 'the ' --tokens 40 --seed 5 --threads 2 --no-kv-cache --temperature 0 --json",
-                  &out2) == 0);
-  REQUIRE(run_cli(ck + " --prompt 'the ' --tokens 40 --seed 9 --threads 3 --temperature 0", &out) == 0);
-  CHECK(nlohmann::json::parse(out2)["text"] == out);
+  r2 = test::run_cli_apart("sample " + ck +
+                           " --prompt 'the ' --tokens 40 --seed 5 --threads 2 --no-kv-cache --temperature 0 --json");
+  REQUIRE(r2.status == 0);
+  r = test::run_cli_apart("sample " + ck + " --prompt 'the ' --tokens 40 --seed 9 --threads 3 --temperature 0");
+  REQUIRE(r.status == 0);
+  CHECK(nlohmann::json::parse(r2.out)["text"] == r.out);
 
   // Bad usage: exit 2; runtime problems: exit 1; one line on stderr each.
   auto fails = [&](const std::string& args, int code, const std::string& needle) {
     CAPTURE(args);
-    CHECK(run_cli(args, &out, &err) == code);
-    CAPTURE(err);
-    CHECK(err.find(needle) != std::string::npos);
-    CHECK(std::count(err.begin(), err.end(), '\n') == 1);
-    CHECK(out.empty());
+    const auto f = test::run_cli_apart("sample " + args);
+    CHECK(f.status == code);
+    CAPTURE(f.err);
+    CHECK(f.err.find(needle) != std::string::npos);
+    CHECK(std::count(f.err.begin(), f.err.end(), '\n') == 1);
+    CHECK(f.out.empty());
   };
   fails(ck + " --tokens -1", 2, "--tokens must be >= 0");
   fails(ck + " --temperature -0.5", 2, "--temperature");

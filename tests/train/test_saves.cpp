@@ -17,8 +17,7 @@
 
 #include "io/checkpoint.h"
 #include "train/train.h"
-#include "file_helpers.h"
-#include "util.h"
+#include "support.h"
 
 using namespace chargpt;
 using namespace chargpt::test;
@@ -28,8 +27,6 @@ namespace fs = std::filesystem;
 extern char** environ;
 
 namespace {
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // The step of a saved pair, after checking that the pair loads as --resume loads it.
 int resumable_step(const std::string& weights) {
@@ -64,7 +61,7 @@ TEST_CASE("saves: resume takes the optimizer state an interrupted save kept as .
   TrainOptions o = tiny_run(dir / "corpus.txt", dir / "run.safetensors");
   o.steps = 4;
   train(o, std::cout);
-  const std::string opt4 = slurp(optim_state_path(o.out_path));
+  const std::string opt4 = bytes_of(optim_state_path(o.out_path));
   o.out_path = dir / "run3.safetensors";
   o.steps = 3;
   train(o, std::cout);
@@ -79,8 +76,8 @@ TEST_CASE("saves: resume takes the optimizer state an interrupted save kept as .
   o.resume = true;
   o.steps = 5;
   train(o, std::cout);
-  CHECK(slurp(w) == slurp(whole.out_path));  // the same bits as the run that was never interrupted
-  CHECK(slurp(opath) == slurp(optim_state_path(whole.out_path)));
+  CHECK(bytes_of(w) == bytes_of(whole.out_path));  // the same bits as the run that was never interrupted
+  CHECK(bytes_of(opath) == bytes_of(optim_state_path(whole.out_path)));
   CHECK(leftovers(dir.str()).empty());  // .prev and stale .tmp files are gone after a save
 
   // Neither file pairs with the weights: one message naming both.
@@ -178,7 +175,7 @@ TEST_CASE("saves: the optimizer file's version, step and moments are checked") {
   edit_header(opath, [](json& h) { h["__metadata__"].erase("seed"); });
   CHECK(error_of([&] { resumable_step(o.out_path); }) == "'" + opath + "': metadata 'seed' is missing");
   fresh();
-  std::string bytes = slurp(opath);
+  std::string bytes = bytes_of(opath);
   bytes[bytes.size() - 2] ^= 0x40;
   spit(opath, bytes);
   CHECK(contains(error_of([&] { resumable_step(o.out_path); }), "'" + opath + "' is corrupt"));
@@ -245,8 +242,8 @@ TEST_CASE("saves: kill -9 at random moments always leaves a resumable pair") {
   r = run_cli("train " + std::string(kTinyRunFlags) + " --data " + data + " --out " + ref +
               " --lr-decay-steps 1000 --steps " + std::to_string(final_step));
   CHECK(r.status == 0);
-  CHECK(slurp(out) == slurp(ref));
-  CHECK(slurp(optim_state_path(out)) == slurp(optim_state_path(ref)));
+  CHECK(bytes_of(out) == bytes_of(ref));
+  CHECK(bytes_of(optim_state_path(out)) == bytes_of(optim_state_path(ref)));
   CHECK(leftovers(dir.str()).empty());
 }
 
@@ -254,11 +251,8 @@ TEST_CASE("saves: a full disk fails the save with a message and leaves the previ
   TempDir dir("disk");
   const std::string mnt = dir / "mnt";
   fs::create_directories(mnt);
-  if (::mount("chargpt-test", mnt.c_str(), "tmpfs", 0, "size=512k") != 0) {
-    MESSAGE("SKIPPED: cannot mount a tmpfs at " << mnt << " (" << std::strerror(errno)
-                                                << "): needs root or CAP_SYS_ADMIN");
-    return;
-  }
+  if (::mount("chargpt-test", mnt.c_str(), "tmpfs", 0, "size=512k") != 0)
+    CHARGPT_SKIP("cannot mount a tmpfs at " + mnt + " (" + std::strerror(errno) + "): needs root or CAP_SYS_ADMIN");
   struct Unmount {
     std::string path;
     ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
@@ -268,7 +262,7 @@ TEST_CASE("saves: a full disk fails the save with a message and leaves the previ
   o.steps = 2;
   train(o, std::cout);
   REQUIRE(resumable_step(o.out_path) == 2);
-  const std::string before = slurp(o.out_path) + slurp(optim_state_path(o.out_path));
+  const std::string before = bytes_of(o.out_path) + bytes_of(optim_state_path(o.out_path));
   // Fill the disk.
   {
     std::FILE* f = std::fopen((mnt + "/filler").c_str(), "wb");
@@ -285,7 +279,7 @@ TEST_CASE("saves: a full disk fails the save with a message and leaves the previ
   CHECK(contains(err, "saving step 3 failed: cannot write '"));
   CHECK(contains(err, "No space left on device"));
   CHECK(contains(err, "the checkpoint on disk, if any, is left as it was"));
-  CHECK(slurp(o.out_path) + slurp(optim_state_path(o.out_path)) == before);
+  CHECK(bytes_of(o.out_path) + bytes_of(optim_state_path(o.out_path)) == before);
   CHECK(resumable_step(o.out_path) == 2);
   CHECK(leftovers(mnt).empty());
   // The command line: exit 1, one line.

@@ -22,9 +22,10 @@
 
 #include "io/checkpoint.h"
 #include "train/train.h"
-#include "util.h"
+#include "support.h"
 
 using namespace chargpt;
+using chargpt::test::bytes_of;
 using chargpt::test::run_cli;
 namespace fs = std::filesystem;
 
@@ -32,17 +33,10 @@ extern char** environ;
 
 namespace {
 
-// A small made-up corpus: enough text for a few hundred windows of 16. Written
-// once per process into a directory removed at exit.
+// The made-up corpus, written once per process into a directory removed at exit.
 std::string corpus_file() {
   static const test::TempDir dir("train_corpus");
-  const std::string path = dir / "corpus.txt";
-  if (!fs::exists(path)) {
-    std::ofstream f(path);
-    Rng rng(5);
-    const char* words[] = {"to", "be", "or", "not", "the", "king", "shall", "love", "thee", "and", "night"};
-    for (int i = 0; i < 4000; ++i) f << words[rng.below(11)] << (rng.below(9) == 0 ? ".\n" : " ");
-  }
+  static const std::string path = test::write_corpus(dir);
   return path;
 }
 
@@ -62,13 +56,6 @@ TrainOptions tiny_options(const std::string& out) {
   o.eval_iters = 2;
   o.quiet = true;
   return o;
-}
-
-std::string bytes_of(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 }  // namespace
