@@ -25,7 +25,9 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_REL
 cmake --build build-asan -j"$(nproc)"
 # detect_leaks: LeakSanitizer at exit. The spawned chargpt binaries (CLI tests)
 # inherit these settings.
-export ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}
+# protect_shadow_gap=0: the CUDA runtime maps device memory at addresses inside ASan's shadow gap
+# (cudaMalloc fails with "out of memory" or the runtime aborts at start-up otherwise).
+export ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}
 # Open MPI, the CUDA runtime, oneDNN and libgomp keep process-lifetime allocations that LSan
 # reports at exit; tests/lsan.supp names those libraries (and nothing of ours).
 export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}

@@ -60,16 +60,17 @@ const CudaModule& cuda_module() {
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opt) {
-  if (opt.precision != Precision::fp32)
-    throw std::runtime_error(std::string("--precision ") + precision_name(opt.precision) +
-                             " is not supported by --backend cuda (it runs fp32, with --tf32 optionally)");
+  if (opt.precision == Precision::bf16 && opt.tf32)
+    throw std::runtime_error("--tf32 applies to fp32 products; --backend cuda --precision bf16 runs bf16 products");
+  DeviceTuning tuning = device_tuning_from_env();  // CHARGPT_CUDA_* (device_backend.h)
+  tuning.bf16 = opt.precision == Precision::bf16;
   const CudaModule& m = cuda_module();
   if (!m.open)
     throw std::runtime_error("--backend cuda: cannot load the CUDA module " CHARGPT_CUDA_MODULE ": " + m.error);
   std::string why;
-  std::unique_ptr<Device> dev(m.open(opt.tf32, &why));
+  std::unique_ptr<Device> dev(m.open(opt.tf32, tuning.bf16, &why));
   if (!dev) throw std::runtime_error("no CUDA device: " + why + " (--backend cuda needs an NVIDIA GPU and driver)");
-  return make_device_backend(std::move(dev));
+  return make_device_backend(std::move(dev), tuning);
 }
 
 std::string cuda_info() {

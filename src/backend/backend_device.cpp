@@ -1,231 +1,55 @@
-// The device-generic backend (device_backend.h) and the pure parts of the CUDA
-// path (cuda_mapping.h). No CUDA here: backend_cuda.cpp supplies the device.
+// The device-generic backend (device_backend.h). No CUDA here: backend_cuda.cpp
+// supplies the device; device_plan.cpp the pure parts (mapping, staging, schedule).
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <tbb/enumerable_thread_specific.h>
 
 #include "backend/cuda_mapping.h"
 #include "backend/device_backend.h"
+#include "backend/device_lane.h"
+#include "base/hash.h"
 #include "ops/ops.h"
 
 namespace chargpt {
 
-// ---------------------------------------------------------------- the mapping
-
-CublasGemmArgs map_row_major(bool trans_a, bool trans_b, int M, int N, int K, int lda, int ldb, int ldc) {
-  auto bad = [](const std::string& what) { throw std::invalid_argument("map_row_major: " + what); };
-  if (M < 0 || N < 0 || K < 0)
-    bad("sizes M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + " must be >= 0");
-  // Row strides must hold a stored row: A is [M,K] (or [K,M] transposed), B [K,N] (or [N,K]), C [M,N].
-  const int a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
-  if (lda < std::max(1, a_cols)) bad("lda=" + std::to_string(lda) + " < A's row length " + std::to_string(a_cols));
-  if (ldb < std::max(1, b_cols)) bad("ldb=" + std::to_string(ldb) + " < B's row length " + std::to_string(b_cols));
-  if (ldc < std::max(1, N)) bad("ldc=" + std::to_string(ldc) + " < C's row length " + std::to_string(N));
-  CublasGemmArgs g;
-  g.swap_operands = true;  // Cᵀ = op(B)ᵀ·op(A)ᵀ: cuBLAS's A is our B
-  g.trans_a = trans_b;
-  g.trans_b = trans_a;
-  g.m = N;
-  g.n = M;
-  g.k = K;
-  g.lda = ldb;
-  g.ldb = lda;
-  g.ldc = ldc;
-  return g;
-}
-
-// ---------------------------------------------------------------- staging
-
-size_t align_floats(size_t n) { return (n + StagingPlan::kAlign - 1) / StagingPlan::kAlign * StagingPlan::kAlign; }
-
-StagingPlan StagingPlan::forward(int R, int IC, int OC, bool bias) {
-  StagingPlan p;
-  p.inp = 0;
-  p.in_floats = (size_t)R * IC;
-  p.out = 0;
-  p.out_floats = (size_t)R * OC;
-  p.ones = bias ? (size_t)R : 0;
-  return p;
-}
-
-StagingPlan StagingPlan::backward(int R, int IC, int OC, bool dinp, bool dbias) {
-  StagingPlan p;
-  p.dout = 0;
-  p.inp = align_floats((size_t)R * OC);
-  p.in_floats = p.inp + (size_t)R * IC;
-  size_t at = 0;
-  if (dinp) {
-    p.dinp = 0;
-    at = align_floats((size_t)R * IC);
-  }
-  p.dweight = at;
-  at += (size_t)OC * IC;
-  if (dbias) {
-    p.dbias = align_floats(at);
-    at = p.dbias + (size_t)OC;
-  }
-  p.out_floats = at;
-  p.ones = dbias ? (size_t)R : 0;
-  return p;
-}
-
-// ---------------------------------------------------------------- upload schedule
-
-void WeightUploads::bind(size_t n) {
-  std::lock_guard<std::mutex> g(mu_);
-  n_ = n;
-  marked_.assign(1, {0, n});
-  pending_.store(n > 0, std::memory_order_release);
-}
-
-void WeightUploads::mark(size_t begin, size_t end) {
-  if (begin > end || end > n_)
-    throw std::out_of_range("weights_changed(" + std::to_string(begin) + ", " + std::to_string(end) +
-                            ") outside the bound block of " + std::to_string(n_) + " floats");
-  if (begin == end) return;
-  std::lock_guard<std::mutex> g(mu_);
-  marked_.emplace_back(begin, end);
-  pending_.store(true, std::memory_order_release);
-}
-
-std::vector<std::pair<size_t, size_t>> WeightUploads::begin_flush() {
-  std::vector<std::pair<size_t, size_t>> r;
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    r.swap(marked_);
-  }
-  std::sort(r.begin(), r.end());
-  size_t w = 0;
-  for (size_t i = 0; i < r.size(); ++i) {
-    if (w > 0 && r[i].first <= r[w - 1].second) r[w - 1].second = std::max(r[w - 1].second, r[i].second);
-    else r[w++] = r[i];
-  }
-  r.resize(w);
-  return r;
-}
-
-void WeightUploads::end_flush(const std::vector<std::pair<size_t, size_t>>& uploaded) {
-  std::lock_guard<std::mutex> g(mu_);
-  if (!uploaded.empty()) {
-    ++flushes_;
-    if (uploaded.size() == 1 && uploaded[0].first == 0 && uploaded[0].second == n_) ++full_;
-    copies_ += uploaded.size();
-    for (const auto& r : uploaded) floats_ += r.second - r.first;
-  }
-  if (marked_.empty()) pending_.store(false, std::memory_order_release);
-}
-
-size_t WeightUploads::size() const {
-  std::lock_guard<std::mutex> g(mu_);
-  return n_;
-}
-size_t WeightUploads::flushes() const {
-  std::lock_guard<std::mutex> g(mu_);
-  return flushes_;
-}
-size_t WeightUploads::full_uploads() const {
-  std::lock_guard<std::mutex> g(mu_);
-  return full_;
-}
-size_t WeightUploads::copies() const {
-  std::lock_guard<std::mutex> g(mu_);
-  return copies_;
-}
-size_t WeightUploads::floats_uploaded() const {
-  std::lock_guard<std::mutex> g(mu_);
-  return floats_;
-}
-
-// ---------------------------------------------------------------- the backend
-
 namespace {
 
-// A buffer that only grows: reallocated (contents dropped) when a call needs more.
-struct GrowBuffer {
-  float* p = nullptr;
-  size_t cap = 0;
-};
-
-// One worker thread's lane and staging buffers.
-struct LaneState {
-  std::unique_ptr<DeviceLane> lane;
-  GrowBuffer h_in, h_out;  // pinned host
-  GrowBuffer d_in, d_out;  // device
-  GrowBuffer d_ones;       // device, all ones
-
-  LaneState() = default;
-  LaneState(const LaneState&) = delete;  // owns device memory
-  LaneState& operator=(const LaneState&) = delete;
-  ~LaneState() {
-    if (!lane) return;
-    lane->free_pinned(h_in.p), lane->free_pinned(h_out.p);
-    lane->free_device(d_in.p), lane->free_device(d_out.p), lane->free_device(d_ones.p);
-  }
-  void reserve_pinned(GrowBuffer& b, size_t n) {
-    if (n <= b.cap) return;
-    lane->free_pinned(b.p);
-    b = {};
-    b.p = lane->alloc_pinned(n);
-    b.cap = n;
-  }
-  void reserve_device(GrowBuffer& b, size_t n) {
-    if (n <= b.cap) return;
-    lane->free_device(b.p);
-    b = {};
-    b.p = lane->alloc_device(n);
-    b.cap = n;
-  }
-  void reserve(size_t in, size_t out) {
-    reserve_pinned(h_in, in);
-    reserve_device(d_in, in);
-    reserve_pinned(h_out, out);
-    reserve_device(d_out, out);
-  }
-  // A device vector of at least n ones.
-  const float* ones(size_t n) {
-    if (n > d_ones.cap) {
-      reserve_device(d_ones, n);
-      reserve_pinned(h_in, n);  // the ones travel through the in staging buffer
-      std::fill(h_in.p, h_in.p + n, 1.f);
-      lane->upload(d_ones.p, h_in.p, n);
-      lane->sync();  // h_in is about to be overwritten
-    }
-    return d_ones.p;
-  }
-  // Row-major C[M,N] = op(A)·op(B) + beta·C on device pointers.
-  void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta,
-            float* C, int ldc, bool allow_tf32 = true) {
-    const CublasGemmArgs g = map_row_major(ta, tb, M, N, K, lda, ldb, ldc);
-    const auto [a, b] = g.operands(A, B);
-    lane->sgemm(g, 1.f, a, b, beta, C, allow_tf32);
-  }
-};
-
-// Floats a row-major [rows, cols] matrix with row stride ld spans.
-size_t span(int rows, int cols, int ld) { return rows == 0 || cols == 0 ? 0 : (size_t)(rows - 1) * ld + cols; }
+using namespace device_detail;
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 class DeviceBackend final : public Backend {
  public:
-  explicit DeviceBackend(std::unique_ptr<Device> device) : device_(std::move(device)) {}
+  DeviceBackend(std::unique_ptr<Device> device, const DeviceTuning& t) : device_(std::move(device)), tune_(t) {}
   ~DeviceBackend() override {
     lanes_.clear();  // the lanes' buffers before the device
     if (weights_) device_->free_device(weights_);
+    if (weights16_) device_->free_device(weights16_);
   }
 
   std::string name() const override { return device_->name(); }
+  bool wants_bf16_inputs() const override { return tune_.bf16; }
 
   void bind_weights(const float* params, size_t n) override {
     std::lock_guard<std::mutex> g(flush_mu_);
     if (weights_) device_->free_device(weights_);
-    weights_ = nullptr;
+    if (weights16_) device_->free_device(weights16_);
+    weights_ = weights16_ = nullptr;
     params_ = params;
     n_ = n;
     weights_ = n ? device_->alloc_device(n) : nullptr;
+    if (tune_.bf16 && n) {
+      weights16_ = device_->alloc_device(bf16_floats(n));
+      host16_.assign(n, 0);
+    }
     uploads_.bind(n);  // everything to be uploaded before the first product
   }
 
@@ -241,62 +65,19 @@ class DeviceBackend final : public Backend {
 
   void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC,
                       int OC) override {
-    if (R <= 0) return;
-    LaneState& L = lane();
-    sync_weights(L);
-    const float* w = device_weight(weight, (size_t)OC * IC);
-    const float* b = bias ? device_weight(bias, OC) : nullptr;
-    const StagingPlan p = StagingPlan::forward(R, IC, OC, bias != nullptr);
-    const float* ones = b ? L.ones(p.ones) : nullptr;
-    L.reserve(p.in_floats, p.out_floats);
-    std::memcpy(L.h_in.p + p.inp, inp, sizeof(float) * R * IC);
-    L.lane->upload(L.d_in.p, L.h_in.p, p.in_floats);
-    float* d_out = L.d_out.p + p.out;
-    // out = ones[R,1]·bias[1,OC] (exact: one term, TF32 off), then += inp·weightᵀ,
-    // as the CPU path does with a copy of the bias and beta = 1.
-    if (b) L.gemm(false, false, R, OC, 1, ones, 1, b, OC, 0.f, d_out, OC, /*allow_tf32=*/false);
-    L.gemm(false, true, R, OC, IC, L.d_in.p + p.inp, IC, w, IC, b ? 1.f : 0.f, d_out, OC);
-    L.lane->download(L.h_out.p, L.d_out.p, p.out_floats);
-    L.lane->sync();
-    std::memcpy(out, L.h_out.p + p.out, sizeof(float) * R * OC);
+    forward(out, inp, nullptr, weight, bias, R, IC, OC);
   }
-
+  void linear_forward16(float* out, const float* inp, const uint16_t* inp16, const float* weight, const float* bias,
+                        int R, int IC, int OC) override {
+    forward(out, inp, inp16, weight, bias, R, IC, OC);
+  }
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int R, int IC, int OC, bool accumulate) override {
-    if (R <= 0) {
-      if (!accumulate) {
-        std::memset(dweight, 0, sizeof(float) * OC * IC);
-        if (dbias) std::memset(dbias, 0, sizeof(float) * OC);
-      }
-      return;
-    }
-    LaneState& L = lane();
-    const StagingPlan p = StagingPlan::backward(R, IC, OC, dinp != nullptr, dbias != nullptr);
-    const float* w = nullptr;
-    if (dinp) {
-      sync_weights(L);
-      w = device_weight(weight, (size_t)OC * IC);
-    }
-    const float* ones = dbias ? L.ones(p.ones) : nullptr;
-    L.reserve(p.in_floats, p.out_floats);
-    std::memcpy(L.h_in.p + p.dout, dout, sizeof(float) * R * OC);
-    std::memcpy(L.h_in.p + p.inp, inp, sizeof(float) * R * IC);
-    L.lane->upload(L.d_in.p, L.h_in.p, p.in_floats);
-    const float* d_dout = L.d_in.p + p.dout;
-    const float* d_inp = L.d_in.p + p.inp;
-    // dinp[R,IC] = dout[R,OC]·weight[OC,IC]
-    if (dinp) L.gemm(false, false, R, IC, OC, d_dout, OC, w, IC, 0.f, L.d_out.p + p.dinp, IC);
-    // dweight[OC,IC] = doutᵀ·inp
-    L.gemm(true, false, OC, IC, R, d_dout, OC, d_inp, IC, 0.f, L.d_out.p + p.dweight, IC);
-    // dbias[1,OC] = ones[1,R]·dout[R,OC]
-    if (dbias) L.gemm(false, false, 1, OC, R, ones, R, d_dout, OC, 0.f, L.d_out.p + p.dbias, OC, false);
-    L.lane->download(L.h_out.p, L.d_out.p, p.out_floats);
-    L.lane->sync();
-    // accumulate: added on the host (C + AB, as the CPU's beta = 1 does), so the
-    // gradient never has to be uploaded.
-    if (dinp) std::memcpy(dinp, L.h_out.p + p.dinp, sizeof(float) * R * IC);
-    put(dweight, L.h_out.p + p.dweight, (size_t)OC * IC, accumulate);
-    if (dbias) put(dbias, L.h_out.p + p.dbias, OC, accumulate);
+    backward(dinp, dweight, dbias, dout, inp, nullptr, weight, R, IC, OC, accumulate);
+  }
+  void linear_backward16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                         const uint16_t* inp16, const float* weight, int R, int IC, int OC, bool accumulate) override {
+    backward(dinp, dweight, dbias, dout, inp, inp16, weight, R, IC, OC, accumulate);
   }
 
   // The KV-cache step runs on the CPU, on the host weights (always current: the
@@ -312,79 +93,346 @@ class DeviceBackend final : public Backend {
   }
 
   // Host arrays: uploads A, B (and C if beta != 0), one product, downloads C.
-  // The rate it gives includes the transfers, as every product of this backend does.
+  // The rate it gives includes the transfers (device_product_flops: without).
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
             float beta, float* C, int ldc) override {
     map_row_major(trans_a, trans_b, M, N, K, lda, ldb, ldc);  // validates before anything is copied
-    LaneState& L = lane();
+    const auto t0 = Clock::now();
+    LaneState& L = begin_call();
     const size_t a_n = trans_a ? span(K, M, lda) : span(M, K, lda);
     const size_t b_n = trans_b ? span(N, K, ldb) : span(K, N, ldb);
     const size_t c_n = span(M, N, ldc);
     const size_t b_off = align_floats(a_n);
     L.reserve(b_off + b_n, c_n);
-    std::memcpy(L.h_in.p, A, sizeof(float) * a_n);
-    std::memcpy(L.h_in.p + b_off, B, sizeof(float) * b_n);
-    L.lane->upload(L.d_in.p, L.h_in.p, b_off + b_n);
+    stage_in(L, L.d_in.p, L.h_in.p, A, nullptr, a_n);
+    stage_in(L, L.d_in.p + b_off, L.h_in.p + b_off, B, nullptr, b_n);
     if (beta != 0.f) {
       std::memcpy(L.h_out.p, C, sizeof(float) * c_n);
-      L.lane->upload(L.d_out.p, L.h_out.p, c_n);
+      L.lane->upload(L.d_out.p, L.h_out.p, sizeof(float) * c_n);
     }
-    L.gemm(trans_a, trans_b, M, N, K, L.d_in.p, lda, L.d_in.p + b_off, ldb, beta, L.d_out.p, ldc);
-    L.lane->download(L.h_out.p, L.d_out.p, c_n);
-    L.lane->sync();
-    // Only C's rows' first N floats are ours; the gaps between rows keep the caller's values.
+    L.gemm(trans_a, trans_b, M, N, K, L.d_in.p, lda, L.d_in.p + b_off, ldb, beta, L.d_out.p, ldc, main_inputs(),
+           tune_.timers);
+    // Downloaded whole; only C's rows' first N floats are ours (the gaps keep the caller's values).
+    L.phase(DevicePhase::download, tune_.timers);
+    L.lane->download(L.h_out.p, L.d_out.p, sizeof(float) * c_n);
+    L.n.bytes_down += sizeof(float) * c_n;
+    finish(L);
     for (int m = 0; m < M; ++m) std::memcpy(C + (size_t)m * ldc, L.h_out.p + (size_t)m * ldc, sizeof(float) * N);
+    end_call(L, t0);
+  }
+
+  double product_flops(int n, int reps) {
+    LaneState& L = begin_call();
+    const size_t nn = (size_t)n * n;
+    L.reserve(2 * nn, nn);
+    std::fill(L.h_in.p, L.h_in.p + 2 * nn, 0.5f);  // bf16 reads the first half: 0x3f00 0x0000 pairs, finite
+    L.lane->upload(L.d_in.p, L.h_in.p, sizeof(float) * 2 * nn);
+    L.lane->sync();
+    double best = 1e300;
+    for (int rep = 0; rep <= std::max(reps, 1); ++rep) {  // the first batch warms up
+      const auto t0 = Clock::now();
+      for (int i = 0; i < 4; ++i)
+        L.gemm(false, false, n, n, n, L.d_in.p, n, L.d_in.p + nn, n, 0.f, L.d_out.p, n, main_inputs(), false);
+      L.lane->sync();
+      if (rep > 0) best = std::min(best, seconds_since(t0));
+    }
+    return 4 * 2.0 * n * (double)n * n / best;
+  }
+
+  DeviceStats stats() const {
+    DeviceStats s;
+    for (const LaneState& L : lanes_) {
+      s.calls += L.n.calls, s.call_s += L.n.call_s, s.staging_s += L.n.staging_s;
+      for (int i = 0; i < kDevicePhases; ++i) s.phase_s[i] += L.n.phase_s[i];
+      s.bytes_up += L.n.bytes_up, s.bytes_down += L.n.bytes_down;
+      s.cache_hits += L.n.cache_hits, s.cache_misses += L.n.cache_misses;
+    }
+    std::lock_guard<std::mutex> g(flush_mu_);
+    s.weight_upload_s = weight_upload_s_;
+    s.weight_bytes_up = weight_bytes_up_;
+    s.timers = tune_.timers;
+    return s;
   }
 
  private:
-  LaneState& lane() {
-    LaneState& L = lanes_.local();
-    if (!L.lane) L.lane = device_->make_lane();
-    return L;
+  GemmInputs main_inputs() const { return tune_.bf16 ? GemmInputs::bf16 : GemmInputs::fp32; }
+  size_t elem_bytes() const { return tune_.bf16 ? 2 : 4; }
+
+  void forward(float* out, const float* inp, const uint16_t* inp16, const float* weight, const float* bias, int R,
+               int IC, int OC) {
+    if (R <= 0) return;
+    const auto t0 = Clock::now();
+    LaneState& L = begin_call();
+    sync_weights(L);
+    const void* w = device_weight(weight, (size_t)OC * IC);
+    const float* b = bias ? device_bias(bias, OC) : nullptr;
+    const StagingPlan p = StagingPlan::forward(R, IC, OC, bias != nullptr);
+    const float* ones = b ? L.ones(p.ones) : nullptr;
+    L.reserve(p.in_floats, p.out_floats);
+    const size_t n_in = (size_t)R * IC;
+    float* d_x = L.d_in.p + p.inp;
+    if (tune_.input_cache != DeviceTuning::InputCache::off) d_x = cache_put(L, inp, R, IC);
+    stage_in(L, d_x, L.h_in.p + p.inp, inp, inp16, n_in);
+    float* d_out = L.d_out.p + p.out;
+    // out = ones[R,1]·bias[1,OC] (exact: one term), then += inp·weightᵀ, as the
+    // CPU path does with a copy of the bias and beta = 1.
+    if (b) L.gemm(false, false, R, OC, 1, ones, 1, b, OC, 0.f, d_out, OC, GemmInputs::fp32_exact, tune_.timers);
+    L.gemm(false, true, R, OC, IC, d_x, IC, w, IC, b ? 1.f : 0.f, d_out, OC, main_inputs(), tune_.timers);
+    issue_down(L, out, L.h_out.p + p.out, d_out, (size_t)R * OC, false);
+    finish(L);
+    end_call(L, t0);
   }
 
-  // The device copy of n floats at host address p of the bound block.
-  const float* device_weight(const float* p, size_t n) const {
+  void backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                const uint16_t* inp16, const float* weight, int R, int IC, int OC, bool accumulate) {
+    if (R <= 0) {
+      if (!accumulate) {
+        std::memset(dweight, 0, sizeof(float) * OC * IC);
+        if (dbias) std::memset(dbias, 0, sizeof(float) * OC);
+      }
+      return;
+    }
+    const auto t0 = Clock::now();
+    LaneState& L = begin_call();
+    const bool bias_on_device = dbias && !tune_.bf16;
+    const StagingPlan p = StagingPlan::backward(R, IC, OC, dinp != nullptr, bias_on_device);
+    const void* w = nullptr;
+    if (dinp) {
+      sync_weights(L);
+      w = device_weight(weight, (size_t)OC * IC);
+    }
+    const float* ones = bias_on_device ? L.ones(p.ones) : nullptr;
+    L.reserve(p.in_floats, p.out_floats);
+    const float* d_dout = L.d_in.p + p.dout;
+    stage_in(L, L.d_in.p + p.dout, L.h_in.p + p.dout, dout, nullptr, (size_t)R * OC);
+    // dinp[R,IC] = dout[R,OC]·weight[OC,IC]: queued before inp is staged, so that
+    // the host's staging of inp overlaps the product.
+    if (dinp) {
+      L.gemm(false, false, R, IC, OC, d_dout, OC, w, IC, 0.f, L.d_out.p + p.dinp, IC, main_inputs(), tune_.timers);
+      issue_down(L, dinp, L.h_out.p + p.dinp, L.d_out.p + p.dinp, (size_t)R * IC, false);
+    }
+    const float* d_x = tune_.input_cache != DeviceTuning::InputCache::off ? cache_find(L, inp, R, IC) : nullptr;
+    if (d_x) {
+      ++L.n.cache_hits;
+    } else {
+      if (tune_.input_cache != DeviceTuning::InputCache::off) ++L.n.cache_misses;
+      stage_in(L, L.d_in.p + p.inp, L.h_in.p + p.inp, inp, inp16, (size_t)R * IC);
+      d_x = L.d_in.p + p.inp;
+    }
+    // dweight[OC,IC] = doutᵀ·inp
+    L.gemm(true, false, OC, IC, R, d_dout, OC, d_x, IC, 0.f, L.d_out.p + p.dweight, IC, main_inputs(), tune_.timers);
+    // dbias[1,OC] = ones[1,R]·dout[R,OC]
+    if (bias_on_device)
+      L.gemm(false, false, 1, OC, R, ones, R, d_dout, OC, 0.f, L.d_out.p + p.dbias, OC, GemmInputs::fp32_exact,
+             tune_.timers);
+    issue_down(L, dweight, L.h_out.p + p.dweight, L.d_out.p + p.dweight, (size_t)OC * IC, accumulate);
+    if (bias_on_device) issue_down(L, dbias, L.h_out.p + p.dbias, L.d_out.p + p.dbias, OC, accumulate);
+    if (dbias && !bias_on_device) host_dbias(dbias, dout, R, OC, accumulate);  // while the downloads run
+    finish(L);
+    end_call(L, t0);
+  }
+
+  LaneState& begin_call() {
+    LaneState& L = lanes_.local();
+    if (!L.lane) L.lane = device_->make_lane();
+    L.down.clear();
+    L.slots = 0;
+    L.phase_open = false;
+    return L;
+  }
+  void end_call(LaneState& L, Clock::time_point t0) {
+    ++L.n.calls;
+    L.n.call_s += seconds_since(t0);
+  }
+
+  size_t chunk_floats(size_t n) const { return tune_.chunk_bytes ? std::max<size_t>(tune_.chunk_bytes / 4, 1) : n; }
+
+  // n values from the host (src fp32, or src16 already bf16) to the device at
+  // dev, through pinned staging at pinned, in the backend's precision (bf16:
+  // converted while staging; the values take the first half of the floats).
+  // Chunked: the host's copy of chunk k+1 overlaps the transfer of chunk k.
+  void stage_in(LaneState& L, float* dev, float* pinned, const float* src, const uint16_t* src16, size_t n) {
+    if (n == 0) return;
+    L.phase(DevicePhase::upload, tune_.timers);
+    const size_t chunk = chunk_floats(n), eb = tune_.bf16 ? 2 : 4;
+    auto* pin = reinterpret_cast<unsigned char*>(pinned);
+    auto* d = reinterpret_cast<unsigned char*>(dev);
+    for (size_t o = 0; o < n; o += chunk) {
+      const size_t m = std::min(chunk, n - o);
+      const auto t0 = Clock::now();
+      if (!tune_.bf16) std::memcpy(pinned + o, src + o, sizeof(float) * m);
+      else if (src16) std::memcpy(pin + 2 * o, src16 + o, 2 * m);
+      else to_bf16(reinterpret_cast<uint16_t*>(pin) + o, src + o, m);
+      L.n.staging_s += seconds_since(t0);
+      L.lane->upload(d + eb * o, pin + eb * o, eb * m);
+    }
+    L.n.bytes_up += (double)eb * n;
+  }
+
+  // n floats from the device at dev to dst (= or +=) through pinned, queued;
+  // finish() waits for them and copies them out, chunk by chunk when chunked.
+  void issue_down(LaneState& L, float* dst, float* pinned, const float* dev, size_t n, bool accumulate) {
+    if (n == 0) return;
+    L.phase(DevicePhase::download, tune_.timers);
+    const size_t chunk = chunk_floats(n);
+    const bool chunked = tune_.chunk_bytes != 0;
+    L.down.push_back({dst, pinned, n, accumulate, L.slots});
+    for (size_t o = 0; o < n; o += chunk) {
+      L.lane->download(pinned + o, dev + o, sizeof(float) * std::min(chunk, n - o));
+      if (chunked) L.lane->record(L.slots++);
+    }
+    L.n.bytes_down += sizeof(float) * (double)n;
+  }
+
+  // Waits for the call's downloads and copies them out of the pinned buffer.
+  void finish(LaneState& L) {
+    L.phase(DevicePhase::end, tune_.timers);
+    const bool chunked = tune_.chunk_bytes != 0;
+    if (!chunked) L.lane->sync();
+    for (const OutPiece& d : L.down) {
+      const size_t chunk = chunk_floats(d.n);
+      int slot = d.slot0;
+      for (size_t o = 0; o < d.n; o += chunk) {
+        const size_t m = std::min(chunk, d.n - o);
+        if (chunked) L.lane->wait(slot++);
+        const auto t0 = Clock::now();
+        if (d.accumulate) {
+          for (size_t i = o; i < o + m; ++i) d.dst[i] += d.pinned[i];
+        } else {
+          std::memcpy(d.dst + o, d.pinned + o, sizeof(float) * m);
+        }
+        L.n.staging_s += seconds_since(t0);
+      }
+    }
+    if (chunked) L.lane->sync();
+    if (tune_.timers) L.lane->take_times(L.n.phase_s);
+    L.down.clear();
+  }
+
+  // The device buffer for a forward's input, registered as the latest copy of inp.
+  float* cache_put(LaneState& L, const float* inp, int R, int IC) {
+    const size_t need = tune_.bf16 ? bf16_floats((size_t)R * IC) : (size_t)R * IC;
+    auto it = L.cache.find(inp);
+    const size_t have = it == L.cache.end() ? 0 : it->second.buf.cap;
+    if (need > have && L.cache_floats - have + need > kCacheCapFloats) {
+      L.clear_cache();  // bounded: the model's inputs fit many times; a sampler's many shapes may not
+      it = L.cache.end();
+    }
+    if (it == L.cache.end()) it = L.cache.emplace(inp, CachedInput{}).first;
+    CachedInput& c = it->second;
+    if (need > c.buf.cap) {
+      L.cache_floats -= c.buf.cap;
+      L.reserve_device(c.buf, need);
+      L.cache_floats += c.buf.cap;
+    }
+    c.R = R, c.IC = IC;
+    c.seq = ++seq_;
+    if (tune_.input_cache == DeviceTuning::InputCache::verify) c.hash = hash_floats(inp, (size_t)R * IC);
+    std::lock_guard<std::mutex> g(owners_mu_);
+    owners_[inp] = {&L, c.seq};
+    return c.buf.p;
+  }
+
+  // The device copy of a backward's input if this lane's forward of the same
+  // shape wrote the latest one (another lane's later forward of the same
+  // pointer makes ours stale); null otherwise.
+  const float* cache_find(LaneState& L, const float* inp, int R, int IC) {
+    const auto it = L.cache.find(inp);
+    if (it == L.cache.end() || it->second.R != R || it->second.IC != IC) return nullptr;
+    {
+      std::lock_guard<std::mutex> g(owners_mu_);
+      const auto o = owners_.find(inp);
+      if (o == owners_.end() || o->second.first != &L || o->second.second != it->second.seq) return nullptr;
+    }
+    if (tune_.input_cache == DeviceTuning::InputCache::verify && hash_floats(inp, (size_t)R * IC) != it->second.hash)
+      throw std::logic_error(name() + ": input cache: the activation input changed between forward and backward");
+    return it->second.buf.p;
+  }
+
+  static uint64_t hash_floats(const float* p, size_t n) {
+    Fnv64Words h;
+    h.update(p, sizeof(float) * n);
+    return h.h;
+  }
+
+  // The device copy of n floats at host address p of the bound block, in the
+  // products' precision (bf16: the bf16 copy).
+  const void* device_weight(const float* p, size_t n) const {
+    check_bound(p, n);
+    if (tune_.bf16) return reinterpret_cast<const uint16_t*>(weights16_) + (p - params_);
+    return weights_ + (p - params_);
+  }
+  const float* device_bias(const float* p, size_t n) const {  // always fp32
+    check_bound(p, n);
+    return weights_ + (p - params_);
+  }
+  void check_bound(const float* p, size_t n) const {
     if (!params_ || p < params_ || p + n > params_ + n_)
       throw std::logic_error(name() + ": a weight pointer outside the bound parameter block (bind_weights first)");
-    return weights_ + (p - params_);
   }
 
   // Uploads what was marked since the last upload, before a product reads the
   // weights. The first thread to get here uploads on its own lane and waits for
   // the copy; the others wait on the lock, then find nothing pending. One wait
-  // per optimizer step.
+  // per optimizer step. An upload that throws marks its ranges again (a retry
+  // uploads them).
   void sync_weights(LaneState& L) {
     if (!uploads_.pending()) return;
     std::lock_guard<std::mutex> g(flush_mu_);
+    const auto t0 = Clock::now();
     const auto ranges = uploads_.begin_flush();
-    for (const auto& [b, e] : ranges) L.lane->upload(weights_ + b, params_ + b, e - b);
-    if (!ranges.empty()) L.lane->sync();
-    uploads_.end_flush(ranges);
-  }
-
-  static void put(float* dst, const float* src, size_t n, bool accumulate) {
-    if (accumulate) {
-      for (size_t i = 0; i < n; ++i) dst[i] += src[i];
-    } else {
-      std::memcpy(dst, src, sizeof(float) * n);
+    try {
+      for (const auto& [b, e] : ranges) {
+        L.lane->upload(weights_ + b, params_ + b, sizeof(float) * (e - b));
+        weight_bytes_up_ += sizeof(float) * (double)(e - b);
+        if (tune_.bf16) {
+          to_bf16(host16_.data() + b, params_ + b, e - b);
+          L.lane->upload(reinterpret_cast<uint16_t*>(weights16_) + b, host16_.data() + b, 2 * (e - b));
+          weight_bytes_up_ += 2.0 * (e - b);
+        }
+      }
+      if (!ranges.empty()) L.lane->sync();
+    } catch (...) {
+      uploads_.abort_flush(ranges);
+      throw;
     }
+    uploads_.end_flush(ranges);
+    weight_upload_s_ += seconds_since(t0);
   }
 
   std::unique_ptr<Device> device_;
+  const DeviceTuning tune_;
   const float* params_ = nullptr;
   size_t n_ = 0;
-  float* weights_ = nullptr;  // device copy of params_[0, n_)
+  float* weights_ = nullptr;    // device copy of params_[0, n_)
+  float* weights16_ = nullptr;  // bf16: its bf16 copy (n_ values)
+  std::vector<uint16_t> host16_;  // bf16: the host's bf16 of the block, staged for upload
   WeightUploads uploads_;
-  std::mutex flush_mu_;
+  mutable std::mutex flush_mu_;
+  double weight_upload_s_ = 0, weight_bytes_up_ = 0;  // under flush_mu_
+  std::mutex owners_mu_;
+  std::unordered_map<const float*, std::pair<const LaneState*, uint64_t>> owners_;  // the latest forward of each input
+  std::atomic<uint64_t> seq_{0};
   tbb::enumerable_thread_specific<LaneState> lanes_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_device_backend(std::unique_ptr<Device> device) {
+std::unique_ptr<Backend> make_device_backend(std::unique_ptr<Device> device, const DeviceTuning& tuning) {
   if (!device) throw std::invalid_argument("make_device_backend: null device");
-  return std::make_unique<DeviceBackend>(std::move(device));
+  return std::make_unique<DeviceBackend>(std::move(device), tuning);
+}
+
+bool device_stats(const Backend& be, DeviceStats* out) {
+  const auto* d = dynamic_cast<const DeviceBackend*>(&be);
+  if (!d) return false;
+  *out = d->stats();
+  return true;
+}
+
+double device_product_flops(Backend& be, int n, int reps) {
+  auto* d = dynamic_cast<DeviceBackend*>(&be);
+  return d ? d->product_flops(n, reps) : 0.0;
 }
 
 }  // namespace chargpt

@@ -5,7 +5,10 @@
 // ranges of the weights are uploaded when.
 #include <atomic>
 #include <cstddef>
+#include <cstdio>
+#include <functional>
 #include <mutex>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -83,6 +86,9 @@ class WeightUploads {
   // The ranges of begin_flush are on the device: records them; clears pending()
   // unless more was marked meanwhile.
   void end_flush(const std::vector<std::pair<size_t, size_t>>& uploaded);
+  // The upload of begin_flush's ranges failed (threw): they are marked again, so
+  // that the next product retries them.
+  void abort_flush(const std::vector<std::pair<size_t, size_t>>& ranges);
 
   size_t size() const;
   size_t flushes() const;          // flushes that uploaded something
@@ -97,5 +103,40 @@ class WeightUploads {
   std::vector<std::pair<size_t, size_t>> marked_;
   size_t flushes_ = 0, full_ = 0, copies_ = 0, floats_ = 0;
 };
+
+// Errors while releasing device resources (destructors cannot throw). After a
+// call has failed (a sticky CUDA error: every later call fails too) releasing
+// fails in every lane, and each failure would print a line before the error that
+// matters reaches the user: so nothing is printed once a call has failed, and
+// otherwise only the first release failure is (the rest are counted).
+class ReleaseReport {
+ public:
+  void call_failed() { failed_.store(true, std::memory_order_relaxed); }
+  // Prints `line` (one line, no newline) to `to` unless a call failed or a line was printed; returns whether it did.
+  bool report(const std::string& line, std::FILE* to = stderr);
+  long suppressed() const { return suppressed_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> failed_{false}, printed_{false};
+  std::atomic<long> suppressed_{0};
+};
+
+// The device this process uses among `count` (> 0) devices: its local rank under
+// a launcher (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID, the
+// first one set) modulo count, so that the ranks on one machine spread over its
+// GPUs; 0 without a launcher. CUDA_VISIBLE_DEVICES (the runtime's) narrows the
+// list first. `env` is getenv (a parameter for the tests). *why says which
+// variable chose it. Throws std::invalid_argument for a value that is not a
+// non-negative integer, naming the variable.
+int choose_device(int count, const std::function<const char*(const char*)>& env, std::string* why);
+
+// Why there is no usable device, for "no CUDA device: <reason>": driver_version
+// and runtime_version as cudaDriverGetVersion / cudaRuntimeGetVersion give them
+// (driver 0: no driver installed), error_name/error_string those of the failed
+// cudaGetDeviceCount ("" if it succeeded with 0 devices).
+std::string no_device_reason(int driver_version, int runtime_version, const std::string& error_name,
+                             const std::string& error_string);
+// "13.0" from 13000 (the runtime's and the driver's version numbers).
+std::string cuda_version_string(int v);
 
 }  // namespace chargpt

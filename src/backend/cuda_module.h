@@ -9,11 +9,12 @@
 #include "backend/device_backend.h"
 
 extern "C" {
-// Device 0 as a chargpt::Device (tf32: allow TF32 for the fp32 products), or null
-// with the reason there is none in *why (the CUDA runtime's error string).
-// Throws on a CUDA error after a device was found.
-using chargpt_cuda_open_fn = chargpt::Device* (*)(bool tf32, std::string* why);
-// "cuda: compiled in (runtime X, cuBLAS Y); devices: ..." into *out.
+// This process's device (choose_device: by the local rank under a launcher) as
+// a chargpt::Device (tf32: allow TF32 for the fp32 products; bf16: the name says
+// bf16 products), or null with the reason there is none in *why
+// (no_device_reason). Throws on a CUDA error after a device was found.
+using chargpt_cuda_open_fn = chargpt::Device* (*)(bool tf32, bool bf16, std::string* why);
+// "cuda: compiled in (runtime X, cuBLAS Y); driver: CUDA Z; devices: ...; this process uses device N (why)" into *out.
 using chargpt_cuda_info_fn = void (*)(std::string* out);
 }
 
