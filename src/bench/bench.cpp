@@ -17,6 +17,7 @@
 #include "bench/bench_stats.h"
 #include "base/buffer.h"
 #include "backend/backend.h"
+#include "backend/device_backend.h"
 #include "engine/memory.h"
 #include "base/rng.h"
 #include "train/train.h"
@@ -40,7 +41,9 @@ std::vector<int> default_thread_counts(int hw) {
 
 // sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
 // sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
-static double measure_sgemm_rate(const BackendOptions& bo, int threads, int n, int reps) {
+// That rate includes a device backend's host transfers: it goes to *io_rate, and
+// the device's product-only rate (device_product_flops) is returned instead.
+static double measure_sgemm_rate(const BackendOptions& bo, int threads, int n, int reps, double* io_rate) {
   const std::unique_ptr<Backend> backend = make_backend(bo);
   Backend& be = *backend;
   const size_t nn = (size_t)n * n;
@@ -68,7 +71,35 @@ static double measure_sgemm_rate(const BackendOptions& bo, int threads, int n, i
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     if (rep > 0) best = std::min(best, s);
   }
-  return 2.0 * n * (double)n * n * threads / best;
+  *io_rate = 2.0 * n * (double)n * n * threads / best;
+  const double product_only = device_product_flops(be, n, reps);
+  return product_only > 0 ? product_only : *io_rate;
+}
+
+// The rates of one sample, the best so far kept.
+static void sample_sgemm_rates(BenchRow& row, const BenchOptions& opt) {
+  double io = 0;
+  row.sgemm_flops_per_s =
+      std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps, &io));
+  row.sgemm_io_flops_per_s = std::max(row.sgemm_io_flops_per_s, io);
+}
+
+// Adds b - a (per step: / steps) of a device backend's counters to d.
+static void add_device_delta(DeviceSplit& d, const DeviceStats& a, const DeviceStats& b, int steps) {
+  const double k = 1e3 / steps, mb = 1e-6 / steps;
+  d.valid = true;
+  d.timers = b.timers;
+  d.call_ms += k * (b.call_s - a.call_s);
+  d.staging_ms += k * (b.staging_s - a.staging_s);
+  d.weight_upload_ms += k * (b.weight_upload_s - a.weight_upload_s);
+  d.upload_ms += k * (b.phase_s[0] - a.phase_s[0]);
+  d.product_ms += k * (b.phase_s[1] - a.phase_s[1]);
+  d.download_ms += k * (b.phase_s[2] - a.phase_s[2]);
+  d.mb_up += mb * (b.bytes_up - a.bytes_up);
+  d.mb_down += mb * (b.bytes_down - a.bytes_down);
+  d.weight_mb_up += mb * (b.weight_bytes_up - a.weight_bytes_up);
+  d.cache_hits += (double)(b.cache_hits - a.cache_hits) / steps;
+  d.cache_misses += (double)(b.cache_misses - a.cache_misses) / steps;
 }
 
 // ---------------------------------------------------------------------------
@@ -231,6 +262,8 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       const int cap = std::min<int>(
           row.threads, (int)tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
       row.concurrency_cap = round == 0 ? cap : std::min(row.concurrency_cap, cap);
+      DeviceStats dev0, dev1;
+      const bool on_device = device_stats(e.backend(), &dev0);
       const double busy0 = have_stat ? machine_busy_seconds() : 0, self0 = process_cpu_seconds();
       const auto block0 = Clock::now();
       for (int i = 0; i < opt.steps; ++i) {
@@ -243,6 +276,8 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       }
       const double wall = std::chrono::duration<double>(Clock::now() - block0).count();
       block_wall[k] += wall;
+      if (on_device && device_stats(e.backend(), &dev1))  // summed over rounds, divided by rounds below
+        add_device_delta(row.device, dev0, dev1, opt.steps);
       if (have_stat) {
         const double busy1 = machine_busy_seconds(), self1 = process_cpu_seconds();
         if (busy1 < 0) have_stat = false;
@@ -257,9 +292,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       // The machine's speed drifts (a VM's host is shared), so the sgemm peak is
       // sampled in every round but the first (which stays clean for peak RSS) and
       // once more at the end; the best sample counts.
-      if (round > 0)
-        row.sgemm_flops_per_s =
-            std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps));
+      if (round > 0) sample_sgemm_rates(row, opt);
       if (progress) {
         char line[160];
         std::snprintf(line, sizeof line, "round %d/%d: %3d threads  %8.2f ms/step  loss %.4f\n", round + 1,
@@ -287,6 +320,13 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
     row.fwd_bwd_s = median(fb);
     row.reduce_opt_s = median(ro);
     row.rest_s = median(rest);
+    if (row.device.valid) {  // per-round sums to the mean over rounds
+      DeviceSplit& d = row.device;
+      for (double* x : {&d.call_ms, &d.staging_ms, &d.weight_upload_ms, &d.upload_ms, &d.product_ms, &d.download_ms,
+                        &d.mb_up, &d.mb_down, &d.weight_mb_up, &d.cache_hits, &d.cache_misses})
+        *x /= opt.rounds;
+      d.cpu_ops_ms = 1e3 * row.fwd_bwd_s * row.threads - d.call_ms;
+    }
     row.tok_per_s = (double)opt.batch_size * cfg.block_size / row.median_s;
     row.model_flops_per_s = res.flops_per_step / row.median_s;
     const auto& L = losses[k];
@@ -302,9 +342,9 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
   for (auto& row : res.rows) {
     row.speedup = res.rows.front().median_s / row.median_s;
     row.efficiency = parallel_efficiency(row.speedup, row.threads, res.rows.front().threads);
-    row.sgemm_flops_per_s =
-        std::max(row.sgemm_flops_per_s, measure_sgemm_rate(opt.backend, row.threads, opt.sgemm_n, opt.sgemm_reps));
+    sample_sgemm_rates(row, opt);
     row.mfu = row.model_flops_per_s / row.sgemm_flops_per_s;
+    row.mfu_io = row.model_flops_per_s / row.sgemm_io_flops_per_s;
     if (row.loss_last != res.rows.front().loss_last || row.loss_first != res.rows.front().loss_first)
       res.losses_identical = false;
   }

@@ -66,6 +66,20 @@ void for_each_bench_option(O& o, V&& v) {
   v(o.sgemm_n, "sgemm-size", "n of the n x n x n sgemm that measures the FLOP rate for MFU", between(1, 16384));
 }
 
+// Where a device backend's step went (device_backend.h's DeviceStats over the
+// timed steps, per step). Sums over threads (call, staging) and over lanes
+// (stream phases): at 1 thread, call_ms is the products' share of fwd+bwd and
+// cpu_ops_ms the rest; with more lanes the streams overlap.
+struct DeviceSplit {
+  bool valid = false;  // a device backend
+  bool timers = false;  // stream phases measured (CHARGPT_CUDA_TIMERS)
+  double call_ms = 0, staging_ms = 0, weight_upload_ms = 0;
+  double upload_ms = 0, product_ms = 0, download_ms = 0;
+  double cpu_ops_ms = 0;  // fwd_bwd x threads - call_ms
+  double mb_up = 0, mb_down = 0, weight_mb_up = 0;
+  double cache_hits = 0, cache_misses = 0;
+};
+
 struct BenchRow {
   int threads = 0;
   bool oversubscribed = false;  // threads > hardware threads
@@ -83,7 +97,11 @@ struct BenchRow {
   double fwd_bwd_s = 0, reduce_opt_s = 0, rest_s = 0;  // medians; rest = step - fwd_bwd - reduce_opt
   double tok_per_s = 0;
   double speedup = 0, efficiency = 0;
+  // sgemm: the products alone (a device backend: device-resident operands);
+  // sgemm_io: through Backend::gemm, with a device's host transfers (= sgemm on the CPU).
   double model_flops_per_s = 0, sgemm_flops_per_s = 0, mfu = 0;
+  double sgemm_io_flops_per_s = 0, mfu_io = 0;
+  DeviceSplit device;
   double loss_first = 0, loss_last = 0;
   // CPU time other processes used while this setting's timed steps ran, as a
   // fraction of the machine (all hardware threads); -1 where /proc/stat is unreadable.

@@ -53,6 +53,26 @@ const BenchColumn kColumns[] = {
     {"other_cpu_pct", K::real, "%.1f", kCsv,
      [](const BenchRow& r) { return r.other_cpu_frac < 0 ? -1.0 : 100 * r.other_cpu_frac; }},
     {"other_cpu_frac", K::real, nullptr, kJson, [](const BenchRow& r) { return r.other_cpu_frac; }},
+    // The sgemm rate through Backend::gemm: with a device backend's host transfers (= sgemm on a CPU).
+    {"sgemm_io_gflops", K::real, "%.3f", kCsv, [](const BenchRow& r) { return r.sgemm_io_flops_per_s / 1e9; }},
+    {"sgemm_io_flops_per_s", K::real, nullptr, kJson, [](const BenchRow& r) { return r.sgemm_io_flops_per_s; }},
+    {"mfu_io", K::real, "%.4f", kBoth, [](const BenchRow& r) { return r.mfu_io; }},
+    // Where a device backend's step went, per step (DeviceSplit); -1: not a device backend.
+#define CHARGPT_DEV_COLUMN(name, field) \
+  {name, K::real, "%.4f", kBoth, [](const BenchRow& r) { return r.device.valid ? r.device.field : -1.0; }}
+    CHARGPT_DEV_COLUMN("dev_call_ms", call_ms),
+    CHARGPT_DEV_COLUMN("dev_staging_ms", staging_ms),
+    CHARGPT_DEV_COLUMN("dev_cpu_ops_ms", cpu_ops_ms),
+    CHARGPT_DEV_COLUMN("dev_weight_upload_ms", weight_upload_ms),
+    CHARGPT_DEV_COLUMN("dev_upload_ms", upload_ms),
+    CHARGPT_DEV_COLUMN("dev_product_ms", product_ms),
+    CHARGPT_DEV_COLUMN("dev_download_ms", download_ms),
+    CHARGPT_DEV_COLUMN("dev_mb_up", mb_up),
+    CHARGPT_DEV_COLUMN("dev_mb_down", mb_down),
+    CHARGPT_DEV_COLUMN("dev_weight_mb_up", weight_mb_up),
+    CHARGPT_DEV_COLUMN("dev_cache_hits", cache_hits),
+    CHARGPT_DEV_COLUMN("dev_cache_misses", cache_misses),
+#undef CHARGPT_DEV_COLUMN
 };
 
 // A cell of the terminal table: up to six columns' values through one printf format.
@@ -190,6 +210,21 @@ void print_bench_table(const BenchResult& r, std::ostream& out) {
       << r.opt.sgemm_n << "^3 products at once on the engines' backend, " << backend_name(r.opt.backend.kind) << " "
       << precision_name(r.opt.backend.precision) << ", best of " << r.opt.sgemm_reps
       << " reps, sampled after every round but the first and at the end; the best sample counts).\n";
+  for (const auto& row : r.rows) {
+    if (!row.device.valid) continue;
+    const DeviceSplit& d = row.device;
+    out << "device, " << row.threads << " thr: sgemm " << fmt("%.1f", row.sgemm_flops_per_s / 1e9)
+        << " GFLOP/s on device-resident operands (the MFU above), " << fmt("%.1f", row.sgemm_io_flops_per_s / 1e9)
+        << " GFLOP/s with the host transfers (MFU " << fmt("%.1f%%", 100 * row.mfu_io) << "); per step: in calls "
+        << fmt("%.2f", d.call_ms) << " ms (pinned staging " << fmt("%.2f", d.staging_ms) << "), CPU ops "
+        << fmt("%.2f", d.cpu_ops_ms) << " ms, weight upload " << fmt("%.2f", d.weight_upload_ms) << " ms";
+    if (d.timers)
+      out << "; streams: uploads " << fmt("%.2f", d.upload_ms) << " ms, products " << fmt("%.2f", d.product_ms)
+          << " ms, downloads " << fmt("%.2f", d.download_ms) << " ms";
+    out << "; " << fmt("%.0f", d.mb_up) << " MB up, " << fmt("%.0f", d.mb_down) << " MB down, weights "
+        << fmt("%.0f", d.weight_mb_up) << " MB; inputs kept on the device " << fmt("%.0f", d.cache_hits)
+        << ", re-sent " << fmt("%.0f", d.cache_misses) << "\n";
+  }
   out << "round medians (ms), to show drift:";
   for (const auto& row : r.rows) {
     out << "  " << row.threads << " thr:";

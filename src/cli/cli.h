@@ -159,7 +159,8 @@ struct BackendArgs {
     v(backend, "backend",
       "where the matrix products run: openblas, onednn or cuda (default: openblas; onednn with --precision bf16)");
     v(precision, "precision",
-      "fp32, or bf16 (onednn on a CPU with AMX: fp32 master weights, bf16 product inputs, fp32 sums and outputs)");
+      "fp32, or bf16 (onednn on a CPU with AMX, or cuda: fp32 master weights, bf16 product inputs, fp32 sums and "
+      "outputs)");
     v(tf32, "tf32", "cuda only: allow TF32 tensor cores for fp32 products (off by default, so results stay "
                     "comparable with the CPU's)");
   }

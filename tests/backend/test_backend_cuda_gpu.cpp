@@ -49,8 +49,11 @@ BackendOptions cuda_options(Precision p = Precision::fp32) {
 
 // Linear products (forward, backward with and without accumulate) of the GPU
 // backend against the CPU on the given inputs (bf16: the CPU gets the same
-// bf16-rounded operands); the worst relative error.
+// bf16-rounded operands, whose products are exact in fp32; the tolerance allows
+// for the tensor cores' fp32 accumulation, which need not round to nearest,
+// and is still 40x below one bf16 rounding); the worst relative error.
 double linear_vs_cpu(Backend& be, bool bf16) {
+  const double tol = bf16 ? 1e-4 : 1e-5;
   Backend& cpu = cpu_backend();
   const int shapes[][3] = {{37, 50, 30}, {1024, 384, 1152}, {1024, 1536, 384}, {128, 128, 65}, {1, 33, 31}, {97, 1, 5}};
   size_t total = 0;
@@ -78,7 +81,7 @@ double linear_vs_cpu(Backend& be, bool bf16) {
     be.linear_forward(out_g.data(), inp.data(), W, b, R, IC, OC);
     cpu.linear_forward(out_c.data(), inp_r.data(), Wr, b, R, IC, OC);
     const double e_out = rel_err(out_g.data(), out_c.data(), out_c.size());
-    CHECK(e_out < 1e-5);
+    CHECK(e_out < tol);
     worst = std::max(worst, e_out);
     for (bool accumulate : {false, true}) {
       auto dw_g = random_vec((size_t)OC * IC, seed), dw_c = dw_g;
@@ -91,7 +94,7 @@ double linear_vs_cpu(Backend& be, bool bf16) {
       const double e[] = {rel_err(di_g.data(), di_c.data(), di_c.size()), rel_err(dw_g.data(), dw_c.data(), dw_c.size()),
                           rel_err(db_g.data(), db_c.data(), db_c.size())};
       for (double x : e) {
-        CHECK(x < 1e-5);
+        CHECK(x < tol);
         worst = std::max(worst, x);
       }
     }
@@ -200,7 +203,7 @@ TEST_CASE("cuda gpu: with TF32 allowed products round their inputs (error above 
   CHECK(rel_err(C_g.data(), C_c.data(), C_c.size()) < 1e-5);
 }
 
-TEST_CASE("cuda gpu: bf16 products equal the CPU's on the same bf16-rounded operands to 1e-5") {
+TEST_CASE("cuda gpu: bf16 products equal the CPU's on the same bf16-rounded operands to 1e-4") {
   auto be = cuda_or_skip(false, Precision::bf16);
   if (!be) return;
   CHECK(be->name().find("bf16") != std::string::npos);

@@ -170,7 +170,7 @@ TEST_CASE("cuda backend bf16 on an emulated device: products equal the CPU's on 
   CHECK_FALSE(same_bits(a, weights_after(2, 3, emulated_backend(l3))));  // bf16 is not fp32
 }
 
-TEST_CASE("cuda timers: stats split the calls' time and count the bytes; the product-only rate") {
+TEST_CASE("cuda timers: stats split the calls' time and count the bytes, and the product-only rate") {
   DeviceLog log;
   auto be = emulated_backend(log, tuning(IC::on, 4096, true));
   const Config cfg = small_config();
@@ -243,7 +243,7 @@ TEST_CASE("cuda errors: a weight upload that throws keeps its marks, so the retr
   CHECK(be->weight_syncs() == 1u);
 }
 
-TEST_CASE("cuda errors: after a failed call, releasing prints nothing; otherwise only the first failure") {
+TEST_CASE("cuda errors: after a failed call, releasing prints nothing, otherwise only the first failure") {
   auto lines = [](bool failed, int releases) {
     std::FILE* f = std::tmpfile();
     REQUIRE(f);

@@ -226,6 +226,7 @@ BenchResult fixed_result() {
     w.loss_last = 2.5;
     w.other_cpu_frac = t == 1 ? -1 : 0.25;
     w.engine_bytes = 3 * 1048576;
+    if (t == 2) w.device.valid = true, w.device.product_ms = 12.5;  // a device backend's split
     r.rows.push_back(w);
   }
   r.amdahl = fit_amdahl(r.rows, r.n_shards);
@@ -239,7 +240,9 @@ TEST_CASE("bench: one column table gives the CSV and the JSON the same values") 
   CHECK(bench_csv_header() ==
         "threads,oversubscribed,concurrency_cap,threads_seen,timed_steps,ms_median,ms_mad,tok_per_s,speedup,"
         "efficiency,model_gflops,sgemm_gflops,mfu,fwd_bwd_ms,reduce_opt_ms,rest_ms,fwd_bwd_pct,reduce_opt_pct,"
-        "rest_pct,loss_first,loss_last,engine_mib,peak_rss_mib,other_cpu_pct");
+        "rest_pct,loss_first,loss_last,engine_mib,peak_rss_mib,other_cpu_pct,sgemm_io_gflops,mfu_io,dev_call_ms,"
+        "dev_staging_ms,dev_cpu_ops_ms,dev_weight_upload_ms,dev_upload_ms,dev_product_ms,dev_download_ms,dev_mb_up,"
+        "dev_mb_down,dev_weight_mb_up,dev_cache_hits,dev_cache_misses");
   const BenchResult r = fixed_result();
   std::ostringstream csv;
   write_bench_csv(r, csv);
@@ -262,6 +265,7 @@ TEST_CASE("bench: one column table gives the CSV and the JSON the same values") 
     CHECK(at("model_gflops") == (i == 0 ? "2.500" : i == 1 ? "5.000" : "7.500"));
     CHECK(at("fwd_bwd_pct") == "80.00");  // 0.2 of 0.25
     CHECK(at("other_cpu_pct") == (i == 0 ? "-1.0" : "25.0"));
+    CHECK(at("dev_product_ms") == (i == 1 ? "12.5000" : "-1.0000"));
     const auto& row = json["rows"][i];
     CHECK(row["threads"] == i + 1);
     CHECK(row["oversubscribed"] == (i == 2));
