@@ -18,8 +18,6 @@
 #include <immintrin.h>
 #include <omp.h>
 
-#include <cpuid.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -33,16 +31,13 @@
 #include <tbb/enumerable_thread_specific.h>
 
 #include "backend/backend_impl.h"
+#include "base/cpu.h"
+#include "base/hash.h"
 #include "ops/ops.h"
 
 namespace chargpt {
 
-// CPUID leaf 7, sub-leaf 0: EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
-bool cpu_has_amx_bf16() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  return (d >> 22 & 1u) && (d >> 24 & 1u);
-}
+bool cpu_has_amx_bf16() { return cpu_features().amx(); }
 
 static inline float bf16_to_float(uint16_t h) {
   const uint32_t u = (uint32_t)h << 16;
@@ -86,14 +81,12 @@ struct Key {
 };
 struct KeyHash {
   size_t operator()(const Key& k) const {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
-    mix((uint64_t)k.M), mix((uint64_t)k.N), mix((uint64_t)k.K), mix((uint64_t)k.as0), mix((uint64_t)k.as1);
-    mix((uint64_t)k.bs0), mix((uint64_t)k.bs1), mix((uint64_t)k.ldc), mix(k.bf16), mix(k.bias);
     uint32_t s;
     std::memcpy(&s, &k.sum, 4);
-    mix(s);
-    return (size_t)h;
+    Fnv64Values h;
+    h.add(k.M).add(k.N).add(k.K).add(k.as0).add(k.as1).add(k.bs0).add(k.bs1).add(k.ldc);
+    h.add(k.bf16).add(k.bias).add(s);
+    return (size_t)h.h;
   }
 };
 

@@ -8,6 +8,7 @@
 #include <cblas.h>
 
 #include "backend/backend_impl.h"
+#include "base/cpu.h"
 #include "ops/ops.h"
 
 namespace chargpt {
@@ -96,7 +97,7 @@ bool configure_blas_environment() {
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
     changed = true;
   }
-  if (!std::getenv("OPENBLAS_CORETYPE") && __builtin_cpu_supports("avx512f")) {
+  if (!std::getenv("OPENBLAS_CORETYPE") && cpu_features().avx512f) {
     std::string core = openblas_get_corename();
     for (char& c : core) c = (char)std::tolower((unsigned char)c);
     if (core == "cooperlake" || core == "haswell" || core == "zen") {

@@ -15,6 +15,7 @@
 #include <tbb/info.h>
 
 #include "bench/bench_stats.h"
+#include "base/clock.h"
 #include "base/buffer.h"
 #include "backend/backend.h"
 #include "backend/device_backend.h"
@@ -23,8 +24,6 @@
 #include "train/train.h"
 
 namespace chargpt {
-
-using Clock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------------------
 // Thread lists
@@ -68,7 +67,7 @@ static double measure_sgemm_rate(const BackendOptions& bo, int threads, int n, i
     pool.for_each(threads, [&](size_t i) {
       be.gemm(false, false, n, n, n, mats[i].a.data(), n, mats[i].b.data(), n, 0.f, mats[i].c.data(), n);
     });
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double s = seconds_since(t0);
     if (rep > 0) best = std::min(best, s);
   }
   *io_rate = 2.0 * n * (double)n * n * threads / best;
@@ -270,11 +269,11 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
         StepTiming tm;
         const auto t0 = Clock::now();
         const double loss = e.train_step(train_split, opt.lr, grad_clip, adamw, nullptr, &tm);
-        row.step_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        row.step_s.push_back(seconds_since(t0));
         losses[k].push_back(loss);
         timings[k].push_back(tm);
       }
-      const double wall = std::chrono::duration<double>(Clock::now() - block0).count();
+      const double wall = seconds_since(block0);
       block_wall[k] += wall;
       if (on_device && device_stats(e.backend(), &dev1))  // summed over rounds, divided by rounds below
         add_device_delta(row.device, dev0, dev1, opt.steps);

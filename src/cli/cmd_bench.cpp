@@ -76,9 +76,8 @@ struct BenchArgs {
     v(help, "h,help", "show this help");
   }
   void check() const {
-    if (b.model.n_embd % b.model.n_head)
-      throw UsageError("--n-embd " + std::to_string(b.model.n_embd) + " must be divisible by --n-head " +
-                       std::to_string(b.model.n_head));
+    if (const std::string why = head_split_problem(b.model, "--n-embd", "--n-head"); !why.empty())
+      throw UsageError(why);
   }
 };
 

@@ -1,12 +1,11 @@
 // chargpt info (also --version): what this build is and what this machine offers.
-#include <cpuid.h>
-
 #include <cstdio>
 #include <string>
 
 #include <oneapi/tbb/version.h>
 
 #include "backend/backend.h"
+#include "base/cpu.h"
 #include "cli/cli.h"
 #include "dist/dist.h"
 
@@ -15,29 +14,6 @@
 #endif
 
 namespace chargpt {
-
-namespace {
-
-// The instruction sets that matter to chargpt's kernels, as this CPU reports them.
-std::string cpu_isa() {
-  std::string s;
-  auto add = [&](bool has, const char* name) {
-    if (has) s += (s.empty() ? "" : " ") + std::string(name);
-  };
-  add(__builtin_cpu_supports("avx2"), "avx2");
-  add(__builtin_cpu_supports("fma"), "fma");
-  add(__builtin_cpu_supports("avx512f"), "avx512f");
-  add(__builtin_cpu_supports("avx512bw"), "avx512bw");
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) add(a & (1u << 5), "avx512_bf16");  // CPUID.(7,1):EAX bit 5
-  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-    add(d & (1u << 24), "amx_tile");  // CPUID.(7,0):EDX bits 24, 22
-    add(d & (1u << 22), "amx_bf16");
-  }
-  return s.empty() ? "(none of avx2, avx512, amx)" : s;
-}
-
-}  // namespace
 
 int cmd_info(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
@@ -56,7 +32,7 @@ int cmd_info(int argc, char** argv) {
   std::printf("compiler: GCC %s, C++%ld\n", __VERSION__, (long)__cplusplus / 100 % 100);
 #endif
   std::printf("onetbb: %s (runtime %s)\n", TBB_VERSION_STRING, TBB_runtime_version());
-  std::printf("cpu: %s\n", cpu_isa().c_str());
+  std::printf("cpu: %s\n", cpu_features_text().c_str());
   std::printf("%s\n", backend_info().c_str());
   std::printf("%s\n", dist::mpi_info().c_str());
   return 0;

@@ -14,7 +14,7 @@
 #include "io/checkpoint.h"
 #include "io/data.h"
 #include "engine/memory.h"
-#include "sample/sample.h"
+#include "sample/generate.h"
 #include "io/tokenizer.h"
 #include "train/train.h"
 #include "cli/cli.h"

@@ -29,9 +29,8 @@ struct TrainArgs {
     v(help, "h,help", "show this help");
   }
   void check() const {
-    if (t.model.n_embd % t.model.n_head)
-      throw UsageError("--n-embd " + std::to_string(t.model.n_embd) + " must be divisible by --n-head " +
-                       std::to_string(t.model.n_head));
+    if (const std::string why = head_split_problem(t.model, "--n-embd", "--n-head"); !why.empty())
+      throw UsageError(why);
     if (t.resume && t.force) throw UsageError("--resume and --force cannot be used together");
   }
 };

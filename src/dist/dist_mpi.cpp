@@ -15,6 +15,7 @@
 #include <string>
 
 #include "dist/dist.h"
+#include "base/clock.h"
 #include "base/hash.h"
 
 namespace chargpt::dist {
@@ -23,8 +24,6 @@ namespace {
 
 bool g_initialized = false;
 int g_rank = 0, g_size = 1;
-
-using Clock = std::chrono::steady_clock;
 
 int to_int(size_t n, const char* what) {
   if (n > (size_t)INT32_MAX) throw std::runtime_error(std::string(what) + ": too large for one MPI message");
@@ -154,7 +153,7 @@ struct DataParallel::Impl {
   }
 
   double timed(double& acc, Clock::time_point t0) {
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double s = seconds_since(t0);
     acc += s;
     return s;
   }

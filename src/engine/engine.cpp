@@ -5,9 +5,9 @@
 #include <stdexcept>
 #include <string>
 
-namespace chargpt {
+#include "base/clock.h"
 
-using Clock = std::chrono::steady_clock;
+namespace chargpt {
 
 int default_shard_size(int batch_size, int block_size) {
   // At least 128 rows per shard (smaller products lose much of the BLAS rate and

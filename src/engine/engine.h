@@ -129,7 +129,7 @@ class Engine {
   ThreadPool pool_;
   std::unique_ptr<Backend> backend_;
   FloatBuffer params_, m_, v_;
-  ParamViews param_view_;
+  ConstParamViews param_view_;
   FloatBuffer grad_;                      // the reduced gradient
   std::vector<FloatBuffer> shard_grads_;  // one per shard
   std::vector<ParamViews> shard_grad_views_;

@@ -28,7 +28,7 @@ void evaluate_tasks(const Config& cfg, const float* params, const std::vector<in
   const size_t n_full = n_targets / T;             // windows of exactly T targets
   const int tail = (int)(n_targets - n_full * T);  // the last, shorter window (may be 0)
   const size_t full_tasks = (n_full + windows_per_task - 1) / windows_per_task;
-  const ParamViews P = param_views(cfg, const_cast<float*>(params));  // read only
+  const ConstParamViews P = param_views(cfg, params);
   tbb::enumerable_thread_specific<Activations> acts(cfg, windows_per_task);
   ThreadPool pool(threads);
   // Full windows follow one another in the split, so a task's windows are one

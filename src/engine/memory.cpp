@@ -16,21 +16,12 @@
 
 namespace chargpt {
 
-double estimate_activation_bytes(const Config& cfg, double n) {
-  const double T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head, L = cfg.n_layer;
-  const double BT = n * T;
-  double floats = BT * C;                                        // encoded
-  floats += L * (16 * BT * C + 4 * BT + n * NH * T * T);         // ln1, qkv, att, att_y, residuals, ln2, fc, gelu
-  floats += BT * C + 2 * BT + BT * V + BT;                       // lnf, probs, losses
-  floats += BT * C * (1 + 1 + 3 + 4);                            // d_res, d_c, d_qkv, d_fc
-  floats += (T + C / NH) * (T + 16);                             // attention scratch
-  floats += 16 * (12 * L + 12);                                  // rounding of each array to 16 floats
-  return 4 * floats;
-}
+double estimate_activation_bytes(const Config& cfg, double n) { return 4 * Activations::floats_needed(cfg, n); }
 
 double estimate_train_bytes(const Config& cfg, int batch_size, int shard_size, int threads, int eval_iters) {
-  const double T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer;
-  const double P = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
+  const double T = cfg.block_size;
+  uint64_t n_params = 0;
+  const double P = checked_num_params(cfg, n_params) ? (double)n_params : HUGE_VAL;
   const int shard = resolve_shard_size(shard_size, batch_size, cfg.block_size);
   const double n_shards = std::ceil((double)batch_size / shard);
   const double hw = tbb::info::default_concurrency();

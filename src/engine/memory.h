@@ -8,8 +8,7 @@
 
 namespace chargpt {
 
-// Bytes of one Activations for n sequences (model.cpp's layout, each array
-// rounded up as it is there).
+// Bytes of one Activations for n sequences (Activations::floats_needed).
 double estimate_activation_bytes(const Config& cfg, double n);
 
 // Bytes a training engine allocates: parameters and both Adam moments, one

@@ -3,19 +3,11 @@
 #include <string>
 #include <vector>
 
+#include "base/fs.h"  // read_file, which the data readers use
 #include "base/rng.h"
 #include "io/tokenizer.h"
 
 namespace chargpt {
-
-// The most read_file accepts unless told otherwise: far above any checkpoint or
-// corpus this CPU trainer can use, far below what would exhaust memory.
-inline constexpr uint64_t kMaxReadBytes = uint64_t(2) << 30;  // 2 GiB
-
-// Reads a whole regular file; throws naming the path when it cannot. Anything
-// else (a directory, a device such as /dev/zero, a FIFO, a socket) is refused
-// without reading from it, and so is a file larger than max_bytes.
-std::string read_file(const std::string& path, uint64_t max_bytes = kMaxReadBytes);
 
 struct Dataset {
   Tokenizer tok;

@@ -18,8 +18,13 @@ void Config::validate() const {
   need(n_layer >= 1, "n_layer " + std::to_string(n_layer) + " must be >= 1");
   need(n_head >= 1, "n_head " + std::to_string(n_head) + " must be >= 1");
   need(n_embd >= 1, "n_embd " + std::to_string(n_embd) + " must be >= 1");
-  need(n_embd % n_head == 0,
-       "n_embd " + std::to_string(n_embd) + " must be divisible by n_head " + std::to_string(n_head));
+  const std::string heads = head_split_problem(*this);
+  need(heads.empty(), heads);
+}
+
+std::string head_split_problem(const Config& cfg, const std::string& embd, const std::string& head) {
+  if (cfg.n_head >= 1 && cfg.n_embd % cfg.n_head == 0) return "";
+  return embd + " " + std::to_string(cfg.n_embd) + " must be divisible by " + head + " " + std::to_string(cfg.n_head);
 }
 
 bool operator==(const Config& a, const Config& b) {
@@ -60,16 +65,33 @@ std::vector<ParamSpec> param_specs(const Config& cfg) {
   return specs;
 }
 
-size_t num_params(const Config& cfg) {
-  const auto specs = param_specs(cfg);
-  return specs.back().offset + specs.back().numel;
+bool checked_num_params(const Config& cfg, uint64_t& out) {
+  const uint64_t V = (uint64_t)cfg.vocab_size, T = (uint64_t)cfg.block_size, C = (uint64_t)cfg.n_embd,
+                 L = (uint64_t)cfg.n_layer;
+  auto mul = [](uint64_t a, uint64_t b, uint64_t& r) { return !__builtin_mul_overflow(a, b, &r); };
+  auto add = [](uint64_t a, uint64_t b, uint64_t& r) { return !__builtin_add_overflow(a, b, &r); };
+  uint64_t vc, tc, cc, per_layer, c13, layers, c2;
+  return mul(V, C, vc) && mul(T, C, tc) && mul(C, C, cc) && mul(cc, 12, per_layer) && mul(C, 13, c13) &&
+         add(per_layer, c13, per_layer) && mul(per_layer, L, layers) && mul(C, 2, c2) && add(vc, tc, out) &&
+         add(out, layers, out) && add(out, c2, out);
 }
 
-ParamViews param_views(const Config& cfg, float* block) {
+size_t num_params(const Config& cfg) {
+  uint64_t n = 0;
+  if (!checked_num_params(cfg, n))
+    throw std::overflow_error("the parameter count of n_layer " + std::to_string(cfg.n_layer) + ", n_embd " +
+                              std::to_string(cfg.n_embd) + " overflows 64 bits");
+  return (size_t)n;
+}
+
+namespace {
+
+template <class F>
+BlockViews<F> views_of(const Config& cfg, F* block) {
   const auto specs = param_specs(cfg);
   size_t i = 0;
   auto next = [&]() { return block + specs[i++].offset; };
-  ParamViews v;
+  BlockViews<F> v;
   v.wte = next();
   v.wpe = next();
   v.layers.resize(cfg.n_layer);
@@ -85,6 +107,11 @@ ParamViews param_views(const Config& cfg, float* block) {
   v.lnf_b = next();
   return v;
 }
+
+}  // namespace
+
+ParamViews param_views(const Config& cfg, float* block) { return views_of(cfg, block); }
+ConstParamViews param_views(const Config& cfg, const float* block) { return views_of(cfg, block); }
 
 void init_params(const Config& cfg, float* block, uint64_t seed) {
   Rng rng(seed);
@@ -105,46 +132,76 @@ void init_params(const Config& cfg, float* block, uint64_t seed) {
   }
 }
 
+namespace {
+
+// Arrays start on 64-byte boundaries: each takes a multiple of 16 floats.
+size_t rounded(size_t n) { return (n + 15) / 16 * 16; }
+double rounded(double n) { return std::ceil(n / 16) * 16; }
+
+// The activation layout, written once: take(n) hands out the next array of n
+// floats, n counted in S (size_t to allocate, double to estimate). In memory:
+// encoded, each layer's arrays, the rest.
+template <class S, class Take>
+void lay_out_layer(Activations::Layer& L, const Config& cfg, S N, const Take& take) {
+  const S T = cfg.block_size, C = cfg.n_embd, NH = cfg.n_head, BT = N * T;
+  L.ln1 = take(BT * C); L.ln1_mean = take(BT); L.ln1_rstd = take(BT);
+  L.qkv = take(BT * 3 * C);
+  L.att_probs = take(N * NH * T * T);
+  L.att_y = take(BT * C);
+  L.res_att = take(BT * C);
+  L.ln2 = take(BT * C); L.ln2_mean = take(BT); L.ln2_rstd = take(BT);
+  L.fc = take(BT * 4 * C);
+  L.fc_gelu = take(BT * 4 * C);
+  L.res_mlp = take(BT * C);
+}
+template <class S, class Take>
+void lay_out_rest(Activations& a, const Config& cfg, S N, const Take& take) {
+  const S T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, BT = N * T;
+  a.lnf = take(BT * C); a.lnf_mean = take(BT); a.lnf_rstd = take(BT);
+  a.probs = take(BT * V);
+  a.losses = take(BT);
+  a.d_res = take(BT * C);
+  a.d_c = take(BT * C);
+  a.d_qkv = take(BT * 3 * C);
+  a.d_fc = take(BT * 4 * C);
+  a.att_scratch = take((S)attention_scratch_floats(cfg.block_size, cfg.n_embd / cfg.n_head));
+}
+
+}  // namespace
+
 Activations::Activations(const Config& cfg, int max_batch_) : max_batch(max_batch_) {
-  const size_t N = max_batch, T = cfg.block_size, C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
-  const size_t BT = N * T;
-  // Each array starts on a 64-byte boundary. The layout is walked twice: once to
-  // measure it, once more to point into the allocation.
+  const size_t N = max_batch, T = cfg.block_size, C = cfg.n_embd;
+  layers.resize(cfg.n_layer);
+  mem.resize((size_t)floats_needed(cfg, (double)N));
   size_t used = 0;
   auto take = [&](size_t n) {
-    float* r = mem.size() ? mem.data() + used : nullptr;
-    used += (n + 15) / 16 * 16;
+    float* r = mem.data() + used;
+    used += rounded(n);
     return r;
   };
-  auto lay_out = [&] {
-    used = 0;
-    encoded = take(BT * C);
-    for (auto& L : layers) {
-      L.ln1 = take(BT * C); L.ln1_mean = take(BT); L.ln1_rstd = take(BT);
-      L.qkv = take(BT * 3 * C);
-      L.att_probs = take(N * NH * T * T);
-      L.att_y = take(BT * C);
-      L.res_att = take(BT * C);
-      L.ln2 = take(BT * C); L.ln2_mean = take(BT); L.ln2_rstd = take(BT);
-      L.fc = take(BT * 4 * C);
-      L.fc_gelu = take(BT * 4 * C);
-      L.res_mlp = take(BT * C);
-    }
-    lnf = take(BT * C); lnf_mean = take(BT); lnf_rstd = take(BT);
-    probs = take(BT * V);
-    losses = take(BT);
-    d_res = take(BT * C);
-    d_c = take(BT * C);
-    d_qkv = take(BT * 3 * C);
-    d_fc = take(BT * 4 * C);
-    att_scratch = take(attention_scratch_floats(T, C / NH));
-  };
-  layers.resize(cfg.n_layer);
-  lay_out();
-  mem.resize(used);
-  lay_out();
-  rows_ = BT;
+  encoded = take(N * T * C);
+  for (auto& L : layers) lay_out_layer(L, cfg, N, take);
+  lay_out_rest(*this, cfg, N, take);
+  if (used != mem.size()) throw std::logic_error("Activations: the layout and its size disagree");
+  rows_ = N * T;
   C_ = C;
+}
+
+double Activations::floats_needed(const Config& cfg, double N) {
+  const double T = cfg.block_size, C = cfg.n_embd;
+  double used = 0;
+  auto take = [&](double n) {
+    used += rounded(n);
+    return (float*)nullptr;
+  };
+  Activations none;
+  Layer layer;
+  take(N * T * C);
+  const double before = used;
+  lay_out_layer(layer, cfg, N, take);
+  used += (used - before) * (cfg.n_layer - 1);  // every layer the same
+  lay_out_rest(none, cfg, N, take);
+  return used;
 }
 
 void Activations::enable_bf16() {
@@ -159,7 +216,7 @@ void Activations::enable_bf16() {
   lnf16 = p;
 }
 
-double gpt_forward(Backend& be, const Config& cfg, const ParamViews& P, Activations& a, const int32_t* inputs,
+double gpt_forward(Backend& be, const Config& cfg, const ConstParamViews& P, Activations& a, const int32_t* inputs,
                    const int32_t* targets, int N, int t) {
   if (N > a.max_batch || t > cfg.block_size || t < 1)
     throw std::logic_error("gpt_forward: batch or length beyond the activation buffers");
@@ -173,7 +230,7 @@ double gpt_forward(Backend& be, const Config& cfg, const ParamViews& P, Activati
   encoder_forward(a.encoded, inputs, P.wte, P.wpe, N, t, C);
   const float* x = a.encoded;
   for (int l = 0; l < cfg.n_layer; ++l) {
-    const LayerParams& W = P.layers[l];
+    const ConstLayerParams& W = P.layers[l];
     Activations::Layer& A = a.layers[l];
     uint16_t* ln1_16 = b16 ? A.ln1_16 : nullptr;
     uint16_t* att_y16 = b16 ? A.att_y16 : nullptr;
@@ -200,7 +257,7 @@ double gpt_forward(Backend& be, const Config& cfg, const ParamViews& P, Activati
   return loss_sum(a.losses, (size_t)R);
 }
 
-void gpt_backward(Backend& be, const Config& cfg, const ParamViews& P, const ParamViews& G, Activations& a,
+void gpt_backward(Backend& be, const Config& cfg, const ConstParamViews& P, const ParamViews& G, Activations& a,
                   const int32_t* inputs, const int32_t* targets, int N, int t, float dloss, bool accumulate) {
   const int C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
   const int R = N * t;
@@ -224,7 +281,7 @@ void gpt_backward(Backend& be, const Config& cfg, const ParamViews& P, const Par
   fill_zero(a.d_res, RC);
   layernorm_backward(a.d_res, G.lnf_w, G.lnf_b, a.d_c, x_last, P.lnf_w, a.lnf_mean, a.lnf_rstd, R, C);
   for (int l = cfg.n_layer - 1; l >= 0; --l) {
-    const LayerParams& W = P.layers[l];
+    const ConstLayerParams& W = P.layers[l];
     const LayerParams& dW = G.layers[l];
     Activations::Layer& A = a.layers[l];
     const float* x_in = l ? a.layers[l - 1].res_mlp : a.encoded;

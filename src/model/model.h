@@ -3,6 +3,7 @@
 // per-shard activations, and the paired forward/backward passes.
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend/backend.h"
@@ -20,6 +21,11 @@ struct Config {
   void validate() const;
 };
 
+// "" when n_embd splits into n_head heads of equal size; otherwise the reason,
+// naming the two values as `embd` and `head` (a config's keys, or the CLI's flags).
+std::string head_split_problem(const Config& cfg, const std::string& embd = "n_embd",
+                               const std::string& head = "n_head");
+
 bool operator==(const Config& a, const Config& b);
 
 // One named tensor inside the parameter block, in nanoGPT state-dict order.
@@ -32,25 +38,50 @@ struct ParamSpec {
 };
 
 std::vector<ParamSpec> param_specs(const Config& cfg);
+// The floats param_specs lays out: V·C + T·C + L·(12·C² + 13·C) + 2·C, in checked
+// 64-bit arithmetic; false when that overflows (a hostile file's config).
+bool checked_num_params(const Config& cfg, uint64_t& out);
+// The same for a config that fits (throws std::overflow_error otherwise).
 size_t num_params(const Config& cfg);
 
-struct LayerParams {
-  float *ln1_w, *ln1_b;          // [C], [C]
-  float *qkv_w, *qkv_b;          // c_attn [3C,C], [3C]
-  float *attproj_w, *attproj_b;  // attn.c_proj [C,C], [C]
-  float *ln2_w, *ln2_b;          // [C], [C]
-  float *fc_w, *fc_b;            // mlp.c_fc [4C,C], [4C]
-  float *fcproj_w, *fcproj_b;    // mlp.c_proj [C,4C], [C]
+// Named views into a parameter block, or a gradient block of the same layout.
+// F = float: a block to write (parameters being updated, gradients); F = const
+// float: weights only read (a forward pass, sampling, evaluation).
+template <class F>
+struct LayerViews {
+  F *ln1_w, *ln1_b;          // [C], [C]
+  F *qkv_w, *qkv_b;          // c_attn [3C,C], [3C]
+  F *attproj_w, *attproj_b;  // attn.c_proj [C,C], [C]
+  F *ln2_w, *ln2_b;          // [C], [C]
+  F *fc_w, *fc_b;            // mlp.c_fc [4C,C], [4C]
+  F *fcproj_w, *fcproj_b;    // mlp.c_proj [C,4C], [C]
 };
 
-// Named views into a parameter block (or a gradient block of the same layout).
-struct ParamViews {
-  float* wte;  // [V,C], also the LM head (tied)
-  float* wpe;  // [T,C]
-  std::vector<LayerParams> layers;
-  float *lnf_w, *lnf_b;  // [C], [C]
+template <class F>
+struct BlockViews {
+  F* wte;  // [V,C], also the LM head (tied)
+  F* wpe;  // [T,C]
+  std::vector<LayerViews<F>> layers;
+  F *lnf_w, *lnf_b;  // [C], [C]
+
+  BlockViews() = default;
+  // Views to write read as views to read.
+  template <class G>
+    requires std::is_same_v<F, const G>
+  BlockViews(const BlockViews<G>& o) : wte(o.wte), wpe(o.wpe), lnf_w(o.lnf_w), lnf_b(o.lnf_b) {
+    layers.reserve(o.layers.size());
+    for (const LayerViews<G>& l : o.layers)
+      layers.push_back({l.ln1_w, l.ln1_b, l.qkv_w, l.qkv_b, l.attproj_w, l.attproj_b, l.ln2_w, l.ln2_b, l.fc_w,
+                        l.fc_b, l.fcproj_w, l.fcproj_b});
+  }
 };
+
+using LayerParams = LayerViews<float>;
+using ParamViews = BlockViews<float>;
+using ConstLayerParams = LayerViews<const float>;
+using ConstParamViews = BlockViews<const float>;
 ParamViews param_views(const Config& cfg, float* block);
+ConstParamViews param_views(const Config& cfg, const float* block);
 
 // nanoGPT's init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)),
 // biases 0, LayerNorm weight 1 / bias 0. Deterministic in seed.
@@ -92,6 +123,9 @@ struct Activations {
 
   Activations() = default;
   Activations(const Config& cfg, int max_batch);
+  // The floats the constructor allocates for max_batch sequences, in double (the
+  // shapes' products may overflow size_t): the same layout, walked without allocating.
+  static double floats_needed(const Config& cfg, double max_batch);
   // Allocates the bf16 copies (once; gpt_forward calls it for a backend that wants them).
   void enable_bf16();
   bool has_bf16() const { return lnf16 != nullptr; }
@@ -106,14 +140,15 @@ struct Activations {
 // Forward over N sequences of t <= block_size tokens. With targets, returns the
 // SUM of the N*t token losses (per-token losses in acts.losses); without, 0 and
 // acts.probs holds the logits. Inputs/targets are [N,t].
-double gpt_forward(Backend& be, const Config& cfg, const ParamViews& params, Activations& acts, const int32_t* inputs,
-                   const int32_t* targets, int N, int t);
+double gpt_forward(Backend& be, const Config& cfg, const ConstParamViews& params, Activations& acts,
+                   const int32_t* inputs, const int32_t* targets, int N, int t);
 
 // Backward of the last gpt_forward (with targets). dloss = d objective / d token loss
 // (1/(B*T) for the batch mean). Parameter gradients are accumulated into grads (+=);
 // with accumulate = false they are written (=), so grads need no zeroing first.
-void gpt_backward(Backend& be, const Config& cfg, const ParamViews& params, const ParamViews& grads, Activations& acts,
-                  const int32_t* inputs, const int32_t* targets, int N, int t, float dloss, bool accumulate = true);
+void gpt_backward(Backend& be, const Config& cfg, const ConstParamViews& params, const ParamViews& grads,
+                  Activations& acts, const int32_t* inputs, const int32_t* targets, int N, int t, float dloss,
+                  bool accumulate = true);
 
 // Model FLOPs per trained token (forward + backward, matmuls and attention,
 // as in the PaLM appendix: 6·P_matmul + 12·L·C·T for full-T context).

@@ -3,6 +3,9 @@
 // Conventions (llm.c): outputs first; shapes in comments; parameter gradients
 // are accumulated (+=), activation gradients are written (=) unless a comment
 // says otherwise. The simple double-precision references live in ref_ops.h.
+// Where they are: attention.cpp (attention_kernels.h), pointwise.cpp (the
+// rest, LayerNorm and GELU in pointwise_kernels.h), matvec.cpp; the vectorised
+// kernels are templates on the vector width (vec.h).
 #include <cstddef>
 #include <cstdint>
 
@@ -45,6 +48,14 @@ size_t attention_scratch_floats(int T, int hd);
 // of a qkv block with row stride 3C (key at q + C, value at q + 2C); P[T,T]
 // receives the probabilities, y (row stride ldy) the head's output [T,hd].
 void attention_head_forward(float* y, int ldy, float* P, float* scratch, const float* q, int T, int C, int hd);
+// One head's attention for one new position (the KV-cache step): q[hd] against
+// the keys and values of positions 0..n-1 (the head's columns of K and V, row
+// stride ld): y[hd] = softmax(q·kᵀ/sqrt(hd))·v. The same kernels and sums as the
+// last row of attention_head_forward over those n positions.
+// scratch[attention_decode_scratch_floats(T, hd)] for any n <= T.
+void attention_head_decode(float* y, float* scratch, const float* q, const float* K, const float* V, int ld, int n,
+                           int hd);
+size_t attention_decode_scratch_floats(int T, int hd);
 // dqkv[N,T,3C] = ; scratch[attention_scratch_floats(T, C/NH)]. O(T²·hd) per head.
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att_probs,
                         int N, int T, int C, int NH);

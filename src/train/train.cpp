@@ -1,4 +1,5 @@
 #include "train/train.h"
+#include "base/clock.h"
 
 #include "base/hash.h"
 
@@ -28,9 +29,6 @@
 namespace chargpt {
 
 using json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
-static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
 
 size_t peak_rss_bytes() {
   rusage ru{};

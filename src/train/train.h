@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "io/checkpoint.h"
+#include "io/train_state.h"
 #include "engine/engine.h"
 #include "engine/evaluate.h"
 #include "model/model.h"

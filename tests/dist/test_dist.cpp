@@ -16,6 +16,7 @@
 #include <string>
 
 #include "io/checkpoint.h"
+#include "io/train_state.h"
 #include "dist/dist.h"
 #include "base/hash.h"
 #include "base/rng.h"

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "io/checkpoint.h"
+#include "io/train_state.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

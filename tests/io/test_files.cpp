@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/checkpoint.h"
+#include "io/train_state.h"
 #include "io/data.h"
 #include "base/hash.h"
 #include "io/tokenizer.h"

@@ -1,10 +1,10 @@
 #pragma once
 // The vectorised ops at every vector width chargpt builds for: 16 lanes
-// (AVX-512), 8 (AVX/AVX2) and 4 (the portable build), each a second compile of
-// src/ops/ops.cpp in a namespace of its own (tests/ops/ops_width.inc), beside the
-// library's native build. A width wider than the CPU's registers still runs
-// (GCC splits the vectors, slowly), so every test machine checks all three,
-// whichever one its own build uses.
+// (AVX-512), 8 (AVX/AVX2) and 4 (the portable build), each an instantiation of
+// the kernel templates (src/ops/*_kernels.h) in tests/ops/ops_widths.cpp,
+// beside the library's own build at its native width. A width wider than the
+// CPU's registers still runs (GCC splits the vectors, slowly), so every test
+// machine checks all three, whichever one its own build uses.
 #include <vector>
 
 #include "ops/ops.h"
@@ -20,21 +20,27 @@ struct OpsAtWidth {
   decltype(&chargpt::attention_scratch_floats) attention_scratch_floats;
   decltype(&chargpt::gelu_forward) gelu_forward;
   decltype(&chargpt::gelu_backward) gelu_backward;
+  decltype(&chargpt::attention_head_forward) attention_head_forward;
+  decltype(&chargpt::attention_head_decode) attention_head_decode;
+  decltype(&chargpt::attention_decode_scratch_floats) attention_decode_scratch_floats;
 };
 
-// The table of namespace NS's ops (the library's chargpt, or a test build's).
-#define CHARGPT_OPS_AT(NS, WIDTH)                                                                      \
-  ::chargpt::test::OpsAtWidth {                                                                        \
-    WIDTH, &NS::layernorm_forward, &NS::layernorm_backward, &NS::attention_forward,                    \
-        &NS::attention_backward, &NS::attention_scratch_floats, &NS::gelu_forward, &NS::gelu_backward \
-  }
+// The library's own functions.
+inline OpsAtWidth native_ops() {
+  return {0,
+          &chargpt::layernorm_forward,
+          &chargpt::layernorm_backward,
+          &chargpt::attention_forward,
+          &chargpt::attention_backward,
+          &chargpt::attention_scratch_floats,
+          &chargpt::gelu_forward,
+          &chargpt::gelu_backward,
+          &chargpt::attention_head_forward,
+          &chargpt::attention_head_decode,
+          &chargpt::attention_decode_scratch_floats};
+}
 
-OpsAtWidth ops_width4();
-OpsAtWidth ops_width8();
-OpsAtWidth ops_width16();
-
-inline OpsAtWidth native_ops() { return CHARGPT_OPS_AT(chargpt, 0); }
-
-inline std::vector<OpsAtWidth> ops_at_every_width() { return {native_ops(), ops_width4(), ops_width8(), ops_width16()}; }
+// native_ops(), then the templates at 4, 8 and 16 floats.
+std::vector<OpsAtWidth> ops_at_every_width();
 
 }  // namespace chargpt::test

@@ -414,6 +414,43 @@ TEST_CASE("op: attention backward matches reference (dqkv =)") {
   }
 }
 
+// The decode runs the forward's kernels on one row. Where the forward computes its last row with the
+// 1-row kernels too (n not a multiple of their 4-row blocks) the bits are the same; in a 4-row block
+// GCC fuses other multiply-adds (FMA contraction), so there they agree to rounding.
+TEST_CASE("op: attention decode (one new position) is the last row of the head forward") {
+  for (const test::OpsAtWidth& ops : test::ops_at_every_width())
+  for (const AttShape& s : kAttShapes) {
+    CAPTURE(ops.width);
+    CAPTURE(s.T);
+    CAPTURE(s.C);
+    CAPTURE(s.NH);
+    const int hd = s.C / s.NH, C3 = 3 * s.C;
+    Rng rng(403);
+    const VF qkv = randn(rng, (size_t)s.T * C3, 1.5);
+    VF scratch = nans(ops.attention_decode_scratch_floats(s.T, hd));  // sized once, for every n <= T
+    for (int h = 0; h < s.NH; ++h)
+      for (int n = 1; n <= s.T; ++n) {
+        CAPTURE(h);
+        CAPTURE(n);
+        VF y = nans((size_t)n * hd), P = nans((size_t)n * n), fwd_scratch = nans(ops.attention_scratch_floats(n, hd));
+        ops.attention_head_forward(y.data(), hd, P.data(), fwd_scratch.data(), qkv.data() + h * hd, n, s.C, hd);
+        VF y1 = nans(hd);
+        const float* head = qkv.data() + h * hd;
+        ops.attention_head_decode(y1.data(), scratch.data(), head + (size_t)(n - 1) * C3, head + s.C, head + 2 * s.C,
+                                  C3, n, hd);
+        const float* last = y.data() + (size_t)(n - 1) * hd;
+        if (n % 4 != 0) REQUIRE(std::memcmp(y1.data(), last, hd * sizeof(float)) == 0);
+        double err = 0, scale = 1e-30;
+        for (int d = 0; d < hd; ++d) {
+          err = std::max(err, (double)std::fabs(y1[d] - last[d]));
+          scale = std::max(scale, (double)std::fabs(last[d]));
+        }
+        if (std::getenv("CHARGPT_OPS_VERBOSE")) MESSAGE("decode: err " << err / scale);
+        REQUIRE(err <= 5e-6 * scale);  // seen <= 6.5e-7
+      }
+  }
+}
+
 TEST_CASE("op: attention reference backward vs central differences through the full forward") {
   for (int k = 0; k < 3; ++k) {  // the three small multi-position shapes
     const AttShape s = kAttShapes[k];

@@ -23,7 +23,7 @@
 #include "io/checkpoint.h"
 #include "model/model.h"
 #include "base/rng.h"
-#include "sample/sample.h"
+#include "sample/generate.h"
 #include "io/tokenizer.h"
 #include "train/train.h"
 #include "support.h"

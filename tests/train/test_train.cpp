@@ -134,7 +134,7 @@ TEST_CASE("eval: exact split loss counts every target once, for any thread count
   // Brute force: one window at a time.
   const int T = m.cfg.block_size;
   Activations acts(m.cfg, 1);
-  const ParamViews pv = param_views(m.cfg, const_cast<float*>(m.params.data()));
+  const ConstParamViews pv = param_views(m.cfg, m.params.data());
   double sum = 0;
   size_t count = 0;
   for (size_t s = 0; s + 1 < d.val.size(); s += T) {
