@@ -546,7 +546,7 @@ VF gelu_inputs(uint64_t seed, size_t n) {
 
 // gelu's error is measured per element against max(|ref|, 1) for the forward and max(|ref|, max|dout|) for
 // the backward. A dense sweep of [-10, 10] (step 1e-3) covers the saturation regions, which random inputs may
-// miss. Observed with ops.cpp's sigmoid form (no cancellation on either side): forward 1.3e-7, gelu' 1.9e-7
+// miss. Observed with pointwise_kernels.h's sigmoid form (no cancellation on either side): forward 1.3e-7, gelu' 1.9e-7
 // (a naive 1 - 2/(e+1) tanh gave 2e-6 near x ~ -5; libm's tanhf 5.6e-7).
 constexpr double kTolGelu = 1e-6, kTolGeluGrad = 1e-6;
 
