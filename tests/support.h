@@ -46,12 +46,18 @@ inline void mark_skipped(const std::string& why) { skip_reason() = why.empty() ?
     return;                               \
   } while (0)
 
-// AddressSanitizer reserves terabytes of address space for its shadow memory, so a
-// child run under a virtual-memory limit (prlimit --as, ulimit -v) cannot start.
-#if defined(__SANITIZE_ADDRESS__)
-inline constexpr bool kUnderAddressSanitizer = true;
+// AddressSanitizer and ThreadSanitizer reserve terabytes of address space for their shadow
+// memory, so a child run under a virtual-memory limit (prlimit --as, ulimit -v) cannot start.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kUnderShadowMemorySanitizer = true;
 #else
-inline constexpr bool kUnderAddressSanitizer = false;
+inline constexpr bool kUnderShadowMemorySanitizer = false;
+#endif
+// Threads a sanitizer's runtime starts in every process (ThreadSanitizer's background thread).
+#if defined(__SANITIZE_THREAD__)
+inline constexpr int kSanitizerRuntimeThreads = 1;
+#else
+inline constexpr int kSanitizerRuntimeThreads = 0;
 #endif
 
 // ---------------------------------------------------------------- files and commands

@@ -217,25 +217,29 @@ TEST_CASE("cli: Ctrl-C saves at the end of the step and exits with 130") {
   // Read until the first complete step line (or end of output, or a generous
   // deadline for slow sanitizer builds), then interrupt.
   std::string output;
+  // 1: read something; 0: nothing within timeout_ms; -1: the child closed its end.
   auto read_some = [&](int timeout_ms) {
     pollfd p{fds[0], POLLIN, 0};
-    if (poll(&p, 1, timeout_ms) <= 0) return false;
+    const int ready = poll(&p, 1, timeout_ms);
+    if (ready == 0) return 0;
+    if (ready < 0) return -1;
     char buf[4096];
     const ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n <= 0) return false;
+    if (n <= 0) return -1;
     output.append(buf, (size_t)n);
-    return true;
+    return 1;
   };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   auto started = [&] {
     const size_t at = output.find("step 1/");
     return at != std::string::npos && output.find('\n', at) != std::string::npos;
   };
-  while (!started() && std::chrono::steady_clock::now() < deadline && read_some(1000)) {
+  // A quiet second (a slow start under a sanitizer) is no reason to stop waiting.
+  while (!started() && std::chrono::steady_clock::now() < deadline && read_some(1000) >= 0) {
   }
   const bool was_training = started();
   kill(pid, SIGINT);
-  while (read_some(120000)) {
+  while (read_some(120000) > 0) {
   }  // drain until the child closes its end, so it never blocks on a full pipe
   close(fds[0]);
   int st = 0;
