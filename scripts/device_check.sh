@@ -17,7 +17,7 @@
 #                                [--budget SECONDS] [--prebuilt]
 #   --stages    run only these (always: unpack and the summary). Stages, in order:
 #               system build info ctest baby_loss nanogpt_gpu peer_gpu nanogpt_cpu baby_cpu
-#               peer_cpu nanogpt_bf16 (GPU stages: baby_loss nanogpt_gpu peer_gpu; a later
+#               nanogpt_bf16 peer_cpu (GPU stages: baby_loss nanogpt_gpu peer_gpu; a later
 #               stage that needs the binaries finds the build of an earlier run)
 #   --cpu-only  skip the GPU stages. Without it, a machine with no working nvidia-smi runs
 #               nothing and exits 0 saying "no GPU here: skipped"
@@ -34,7 +34,7 @@ SCRIPTS=$ROOT/scripts
 # shellcheck source=scripts/device_prefix.sh
 . "$SCRIPTS/device_prefix.sh"
 
-ALL_STAGES=(system build info ctest baby_loss nanogpt_gpu peer_gpu nanogpt_cpu baby_cpu peer_cpu nanogpt_bf16)
+ALL_STAGES=(system build info ctest baby_loss nanogpt_gpu peer_gpu nanogpt_cpu baby_cpu nanogpt_bf16 peer_cpu)
 GPU_STAGES=" baby_loss nanogpt_gpu peer_gpu "
 # Each stage's own limit in seconds (16 cores; estimates from a 2-core run scaled, x2-3 slack).
 declare -A LIMIT=([system]=30 [build]=200 [info]=20 [ctest]=120 [baby_loss]=90 [nanogpt_gpu]=60
@@ -67,13 +67,29 @@ fi
 
 T0=$(date +%s)
 OUTDIR=${OUT:-${dir_arg:-$ROOT/build-device/out}}
+# ---- GPU or not ---------------------------------------------------------------------------------
+HAVE_GPU=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then HAVE_GPU=1; fi
+if [ "$HAVE_GPU" = 0 ] && [ "$cpu_only" = 0 ]; then
+  echo "device_check: no GPU here: skipped (no working nvidia-smi; --cpu-only runs the CPU stages)"
+  mkdir -p "$OUTDIR" || exit 1
+  printf '# chargpt device check\n\nno GPU here: skipped (no working nvidia-smi on %s; `--cpu-only` runs the CPU stages)\n' "$(hostname)" > "$OUTDIR/summary.md"
+  exit 0
+fi
+
 W=$ROOT/build-device            # prefix, build, raw results: ignored (/build*/), never carried
 RES=$W/res
 mkdir -p "$OUTDIR" "$RES" "$W/tmp" || exit 1
 OUTDIR=$(cd "$OUTDIR" && pwd)
 LOG=$OUTDIR/log.txt
 STAGES_TSV=$RES/stages.tsv
-: > "$STAGES_TSV"
+# The rows of an earlier run (a warm machine's) for the stages this run does not redo stay.
+if [ -f "$STAGES_TSV" ]; then
+  awk -F'\t' -v redo=" ${SELECTED[*]} unpack fallback total " 'index(redo, " " $1 " ") == 0 {
+    if ($4 !~ /^earlier run/) $4 = "earlier run" ($4 == "" ? "" : ": " $4); print $1 "\t" $2 "\t" $3 "\t" $4 }' \
+    "$STAGES_TSV" > "$STAGES_TSV.keep"
+  mv "$STAGES_TSV.keep" "$STAGES_TSV"
+fi
 NPROC=$(nproc)
 JOBS=$NPROC
 NTHREADS=$(( NPROC < 16 ? NPROC : 16 ))   # the single-count runs (GPU, peer, loss curves)
@@ -84,7 +100,14 @@ for t in "${tl[@]}"; do
   [ "$t" -le "$NPROC" ] && THREADS=${THREADS:+$THREADS,}$t
 done
 [ -n "$THREADS" ] || THREADS=1
+# The GPU machine's image keeps cmake, ninja and PyTorch's python3 in a virtual environment and
+# nvcc in the toolkit's folder: both go on PATH (after what is there) in case they are not yet.
+for d in /opt/torch/.venv/bin /usr/local/cuda/bin; do
+  [ -d "$d" ] && [[ ":$PATH:" != *":$d:"* ]] && PATH=$PATH:$d
+done
+export PATH
 PY=${PYTHON:-python3}
+if ! "$PY" -c 'import torch' 2>/dev/null && [ -x /opt/torch/.venv/bin/python3 ]; then PY=/opt/torch/.venv/bin/python3; fi
 # The PyTorch peer, wherever the scripts' regrouping put it.
 PEER=""
 for cand in "$SCRIPTS/torch_gpt_ref.py" "$SCRIPTS/reference/torch_gpt_ref.py"; do
@@ -95,15 +118,6 @@ NANOGPT_PEER=(-L 6 -H 6 -C 384 -T 256 -B 64)   # chargpt's nanogpt preset (src/t
 say() { echo "device_check: $*" | tee -a "$LOG"; }
 elapsed() { echo $(( $(date +%s) - T0 )); }
 { echo "device_check on $(hostname) at $(date -u +%FT%TZ): stages ${SELECTED[*]}; cpu_only=$cpu_only threads=$THREADS budget=${budget}s"; } > "$LOG"
-
-# ---- GPU or not ---------------------------------------------------------------------------------
-HAVE_GPU=0
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then HAVE_GPU=1; fi
-if [ "$HAVE_GPU" = 0 ] && [ "$cpu_only" = 0 ]; then
-  say "no GPU here: skipped (no working nvidia-smi; --cpu-only runs the CPU stages)"
-  printf '# chargpt device check\n\nno GPU here: skipped (no working nvidia-smi on %s; `--cpu-only` runs the CPU stages)\n' "$(hostname)" > "$OUTDIR/summary.md"
-  exit 0
-fi
 
 # ---- The prefix (always: every stage needs its environment) -------------------------------------
 PREFIX=$W/prefix
@@ -180,6 +194,7 @@ stage_system() {
 
 stage_build() {
   if [ "$force_prebuilt" = 1 ]; then echo "--prebuilt: not building"; return 3; fi
+  rm -f "$W/bindir"
   local cuda=AUTO gen=() launcher=()
   [ "$HAVE_GPU" = 1 ] && cuda=ON
   command -v ninja >/dev/null && gen=(-G Ninja)
@@ -245,14 +260,23 @@ stage_nanogpt_gpu() {
   bench_run baby_cuda --preset baby --backend cuda --threads "$NTHREADS" --steps 20 --warmup 3 --rounds 1 || rc=$?
   return "$rc"
 }
+sweep_run() {  # sweep_run LABEL [flags...]: one bench per thread count, the most threads first,
+  # so that a stage stopped by its time limit keeps the counts it finished (1 thread takes longest)
+  local label=$1 t rc=0; shift
+  for t in $(tr ',' '\n' <<< "$THREADS" | sort -rn); do
+    bench_run "${label}_t$t" "$@" --threads "$t" || rc=$?
+  done
+  return "$rc"
+}
 stage_nanogpt_cpu() {
-  bench_run nanogpt_cpu --preset nanogpt --threads "$THREADS" --steps 3 --warmup 1 --rounds 1
+  sweep_run nanogpt_cpu --preset nanogpt --steps 2 --warmup 1 --rounds 1
 }
 stage_nanogpt_bf16() {
-  if ! grep -m1 '^flags' /proc/cpuinfo | grep -qwE 'avx512_bf16|amx_bf16'; then
-    echo "this CPU has neither avx512_bf16 nor amx_bf16: no bf16 sweep"; return 3
+  # chargpt's bf16 products are oneDNN's AMX kernels: it refuses --precision bf16 without AMX.
+  if ! grep -m1 '^flags' /proc/cpuinfo | grep -qw amx_bf16; then
+    echo "no amx_bf16 on this CPU ($(grep -m1 '^flags' /proc/cpuinfo | grep -ow avx512_bf16 || echo 'nor avx512_bf16')): chargpt's bf16 needs AMX, no bf16 sweep"; return 3
   fi
-  bench_run nanogpt_cpu_bf16 --preset nanogpt --precision bf16 --threads "$THREADS" --steps 3 --warmup 1 --rounds 1
+  sweep_run nanogpt_cpu_bf16 --preset nanogpt --precision bf16 --steps 2 --warmup 1 --rounds 1
 }
 stage_baby_cpu() {
   bench_run baby_cpu --preset baby --threads "$THREADS" --steps 20 --warmup 3 --rounds 2
@@ -271,16 +295,23 @@ stage_peer_gpu() {
   peer_run baby_cuda_bf16 --device cuda --bf16 --steps 30 --warmup 5 || rc=$?
   return "$rc"
 }
-stage_peer_cpu() {
+
+# What each stage writes into $RES: removed before the stage runs again, so that a rerun's
+# summary never mixes its results with stale ones (those of stages not rerun stay).
+declare -A STAGE_FILES=([system]="system.txt" [info]="info.txt" [ctest]="ctest.txt ctest.xml"
+  [baby_loss]="train_cpu.jsonl train_cuda.jsonl" [nanogpt_gpu]="bench_nanogpt_cuda.* bench_nanogpt_cuda_tf32.* bench_baby_cuda.*"
+  [peer_gpu]="peer_*_cuda*.json" [nanogpt_cpu]="bench_nanogpt_cpu.* bench_nanogpt_cpu_t*"
+  [nanogpt_bf16]="bench_nanogpt_cpu_bf16*" [baby_cpu]="bench_baby_cpu.* bench_baby_cpu_t*" [peer_cpu]="peer_*_cpu*.json")
+stage_peer_cpu() {  # quickest first: a stage stopped by its limit keeps what it finished
   local rc=0
-  peer_run nanogpt_cpu "${NANOGPT_PEER[@]}" --steps 3 --warmup 1 || rc=$?
-  peer_run nanogpt_cpu_bf16 "${NANOGPT_PEER[@]}" --bf16 --steps 3 --warmup 1 || rc=$?
   peer_run baby_cpu --steps 20 --warmup 3 || rc=$?
   peer_run baby_cpu_bf16 --bf16 --steps 20 --warmup 3 || rc=$?
+  peer_run nanogpt_cpu "${NANOGPT_PEER[@]}" --steps 2 --warmup 1 || rc=$?
+  peer_run nanogpt_cpu_bf16 "${NANOGPT_PEER[@]}" --bf16 --steps 2 --warmup 1 || rc=$?
   return "$rc"
 }
 
-export -f stage_system stage_build stage_info stage_ctest train_run stage_baby_loss bench_run \
+export -f stage_system stage_build stage_info stage_ctest train_run stage_baby_loss bench_run sweep_run \
   stage_nanogpt_gpu stage_nanogpt_cpu stage_nanogpt_bf16 stage_baby_cpu peer_run stage_peer_gpu \
   stage_peer_cpu bindir
 export ROOT W RES BUILD HAVE_GPU PY PEER THREADS NTHREADS JOBS force_prebuilt
@@ -299,6 +330,7 @@ run_stage() {
     say "$name: skipped: out of time"; return
   fi
   echo "==== stage $name (limit ${lim}s, at $(elapsed)s)" >> "$LOG"
+  (cd "$RES" && rm -f ${STAGE_FILES[$name]:-})
   t1=$(date +%s)
   timeout -k 10 "$lim" bash -c "NANOGPT_PEER=(\$NANOGPT_PEER_STR); eval \"PREFIX_CMAKE_ARGS=(\$PREFIX_CMAKE_ARGS_STR)\"; stage_$name" >> "$LOG" 2>&1
   rc=$?
@@ -313,8 +345,14 @@ run_stage() {
   STATUS[$name]=$status
 }
 declare -A STATUS=()
-# A run without the build stage (a rerun of later stages) uses the earlier build, else the prebuilt.
-if [[ " ${SELECTED[*]} " != *" build "* ]] && [ ! -x "$(bindir)/chargpt" ]; then use_prebuilt >> "$LOG" 2>&1; fi
+# A run without the build stage (a rerun of later stages) uses the earlier build if the machine
+# still has it, else builds first (with --prebuilt: the prebuilt binaries).
+if [ "$force_prebuilt" = 1 ]; then
+  use_prebuilt >> "$LOG" 2>&1 || say "--prebuilt: no .carry/prebuilt/chargpt"
+elif [[ " ${SELECTED[*]} " != *" build "* ]] && [ ! -x "$BUILD/chargpt" ]; then
+  say "no earlier build here: building first"
+  SELECTED=(build "${SELECTED[@]}")
+fi
 
 for s in "${SELECTED[@]}"; do
   if [[ "$GPU_STAGES" == *" $s "* ]] && [ "$HAVE_GPU" = 0 ]; then
@@ -324,7 +362,7 @@ for s in "${SELECTED[@]}"; do
     printf '%s\tskipped\t0\t--cpu-only\n' "$s" >> "$STAGES_TSV"; say "$s: skipped (--cpu-only)"; continue
   fi
   run_stage "$s"
-  if [ "$s" = build ] && [ "${STATUS[build]:-none}" != ok ]; then
+  if [ "$s" = build ] && [ "${STATUS[build]:-none}" != ok ] && [ "$force_prebuilt" = 0 ]; then
     if use_prebuilt >> "$LOG" 2>&1; then
       say "build: using the prebuilt binaries from .carry/prebuilt"
       printf 'fallback\tok\t0\tprebuilt chargpt, chargpt_tests, libchargpt_cuda.so (-DCHARGPT_NATIVE=OFF)\n' >> "$STAGES_TSV"

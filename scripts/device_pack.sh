@@ -81,13 +81,11 @@ rehearse_inside() {
   echo "== ldd build-device/build/chargpt (LD_LIBRARY_PATH as device_check sets it)"
   prefix_env "$ROOT/build-device/prefix"
   ldd build-device/build/chargpt | tee build-pack/ldd.txt
-  echo "== the same without LD_LIBRARY_PATH (CMake's build RUNPATH)"
-  env -u LD_LIBRARY_PATH ldd build-device/build/chargpt | grep -E 'tbb|openblas|dnnl|OpenCL|not found' || true
   local lib bad=0
   for lib in libtbb.so.12 libopenblas.so.0 libdnnl.so.2 libOpenCL.so.1; do
     grep -q "$lib => $ROOT/build-device/prefix/" build-pack/ldd.txt || { echo "device_pack: $lib does not come from the prefix" >&2; bad=1; }
   done
-  grep -q 'not found' build-pack/ldd.txt && { echo "device_pack: ldd: a library was not found" >&2; bad=1; }
+  grep -qE 'not found|file too short' build-pack/ldd.txt && { echo "device_pack: ldd: a library was not found" >&2; bad=1; }
   grep -qE '^ctest[[:space:]]ok' build-device/res/stages.tsv || { echo "device_pack: the test suite failed against the prefix" >&2; bad=1; }
   grep -qE '^build[[:space:]]ok' build-device/res/stages.tsv || { echo "device_pack: the build against the prefix failed" >&2; bad=1; }
   [ "$bad" = 0 ] && echo "device_pack: rehearsal passed: built and tested against the prefix alone"

@@ -57,14 +57,32 @@ def load_json_last(path):
         return None
 
 
+def sections(text):
+    """system.txt's '== name' sections: {name: body}."""
+    out, name = {}, ""
+    for line in text.splitlines():
+        if line.startswith("== "):
+            name = line[3:].strip()
+            out[name] = []
+        else:
+            out.setdefault(name, []).append(line)
+    return {k: "\n".join(v).strip() for k, v in out.items()}
+
+
+def last_line(text, default="?"):
+    lines = [l for l in text.splitlines() if l.strip()]
+    return lines[-1].strip() if lines else default
+
+
 def machine(res, md):
     sysinfo, info = read(f"{res}/system.txt"), read(f"{res}/info.txt")
+    sec = sections(sysinfo)
     flags = grab(sysinfo, r"^flags\s*:\s*(.*)$", "").split()
     want = ["avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]
-    q = grab(sysinfo, r"^== nvidia-smi query\n.*\n(.*)$", "")
-    gpu = [c.strip() for c in q.split(",")] if q else []
+    q = sec.get("nvidia-smi query", "").splitlines()
+    gpu = [c.strip() for c in q[1].split(",")] if len(q) > 1 and "," in q[1] else []
     cpu_model = grab(sysinfo, r"^Model name:\s*(.*)$")
-    gpu_name = gpu[0] if gpu else "none"
+    gpu_name = gpu[0] if gpu else "no GPU"
     md.append(f"# chargpt device check, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {cpu_model}, {gpu_name}\n")
     nproc = grab(sysinfo, r"^== nproc\n(\d+)")
     sockets = grab(sysinfo, r"^Socket\(s\):\s*(.*)$")
@@ -74,13 +92,13 @@ def machine(res, md):
         ("CPU", f"{cpu_model}; {nproc} logical CPUs; {sockets} socket(s), {cores} cores/socket, {tpc} thread(s)/core"),
         ("CPU flags", " ".join(f for f in want if f in flags) or "?"),
         ("memory", grab(sysinfo, r"^Mem:\s+(\S+)") + " GiB"),
-        ("GPU", ", ".join(gpu) if gpu else "none (nvidia-smi absent or failed)"),
+        ("GPU", (", ".join(gpu) + f" ({q[0]})") if gpu else "none (nvidia-smi absent or failed)"),
         ("chargpt cuda", grab(info, r"^cuda:\s*(.*)$")),
         ("chargpt backends", grab(info, r"^backends:\s*(.*)$")),
         ("BLAS / oneDNN", grab(info, r"^blas:\s*(.*)$") + " / " + grab(info, r"^onednn:\s*(.*)$")),
-        ("g++ / nvcc / cmake", " / ".join([grab(sysinfo, r"^== g\+\+\n(.*)$"), grab(sysinfo, r"^(Cuda compilation tools.*)$"),
+        ("g++ / nvcc / cmake", " / ".join([last_line(sec.get("g++", "")), grab(sysinfo, r"^(Cuda compilation tools.*)$"),
                                            grab(sysinfo, r"^(cmake version .*)$")])),
-        ("python / torch", grab(sysinfo, r"^== python\n.*\n(.*)$")),
+        ("python / torch", last_line(sec.get("python", ""))),
         ("binaries", grab(read(f"{res}/meta.tsv"), r"^bindir\t(.*)$") +
          (" (PREBUILT fallback, -DCHARGPT_NATIVE=OFF)" if "/tmp/chargpt-prebuilt" in read(f"{res}/meta.tsv") else " (built here)")),
     ]
@@ -89,6 +107,9 @@ def machine(res, md):
 
 def stages(res, md):
     rows = [line.split("\t") for line in read(f"{res}/stages.tsv").splitlines() if line.strip()]
+    order = ["unpack", "system", "build", "fallback", "info", "ctest", "baby_loss", "nanogpt_gpu", "peer_gpu",
+             "nanogpt_cpu", "baby_cpu", "nanogpt_bf16", "peer_cpu", "total"]
+    rows.sort(key=lambda r: order.index(r[0]) if r[0] in order else len(order) - 1)
     md.append("## Stages\n")
     md.append(table(["stage", "status", "s", "note"], [(r + ["", "", "", ""])[:4] for r in rows]) + "\n")
 
@@ -127,16 +148,15 @@ def tests(res, out, md):
             failed.append(name)
         elif is_skip:
             why = grab(outtxt, r"SKIPPED:\s*(.*)$", "")
-            skipped.append(f"{name}" + (f" ({why})" if why else ""))
-        if re.search(r"gpu|cuda", name, re.I) and not re.search(r"emulated|mapping|staging|schedule", name, re.I):
+            skipped.append(f"{name}" + (f" ({why[:70]}{'...' if len(why) > 70 else ''})" if why else ""))
+        if re.search(r"gpu", name, re.I):
             (gpu_skipped if is_skip else gpu_ran).append(name + (" **FAILED**" if is_fail else ""))
     md.append(f"- {n} cases in ctest.xml; failed: {len(failed)}; skipped (or printing SKIPPED:): {len(skipped)}")
     for name in failed:
         md.append(f"  - FAILED: {name}")
     for name in skipped:
         md.append(f"  - skipped: {name}")
-    md.append(f"- CUDA cases that need the device (names with cuda/gpu, not the emulated/mapping/staging/schedule ones): "
-              f"{len(gpu_ran)} ran, {len(gpu_skipped)} skipped")
+    md.append(f"- cases that need the GPU (\"gpu\" in the name): {len(gpu_ran)} ran, {len(gpu_skipped)} skipped")
     for name in gpu_ran:
         md.append(f"  - ran: {name}")
     for name in gpu_skipped:
@@ -196,14 +216,37 @@ PEER_LABELS = ["nanogpt_cpu", "nanogpt_cpu_bf16", "nanogpt_cuda", "nanogpt_cuda_
                "baby_cpu", "baby_cpu_bf16", "baby_cuda", "baby_cuda_bf16"]
 
 
+def bench_files(res, label, ext):
+    """bench_LABEL.EXT, or bench_LABEL_tN.EXT for each thread count N, in thread order."""
+    one = f"{res}/bench_{label}.{ext}"
+    if os.path.exists(one):
+        return [one]
+    files = glob.glob(f"{res}/bench_{label}_t*.{ext}")
+    tn = lambda f: int(re.search(r"_t(\d+)\.", f).group(1)) if re.search(r"_t(\d+)\.", f) else 0
+    return sorted((f for f in files if re.fullmatch(r"bench_" + re.escape(label) + r"_t\d+\." + ext, os.path.basename(f))), key=tn)
+
+
 def benches(res, out, md):
     ours, peers = {}, {}
     with open(f"{out}/bench.jsonl", "w") as fj:
         for label in BENCH_LABELS:
-            j = load_json_last(f"{res}/bench_{label}.json")
-            if j:
-                ours[label] = j
+            # one file per label, or one per thread count (LABEL_tN, the sweeps): rows merged by threads
+            for path in bench_files(res, label, "json"):
+                j = load_json_last(path)
+                if not j:
+                    continue
                 fj.write(json.dumps({"run": label, "side": "chargpt", **j}) + "\n")
+                if label in ours:
+                    ours[label]["rows"] = ours[label].get("rows", []) + j.get("rows", [])
+                else:
+                    ours[label] = j
+            if label in ours:
+                rows = sorted(ours[label].get("rows", []), key=lambda r: r.get("threads", 0))
+                one = [r for r in rows if r.get("threads") == 1 and r.get("ms_median")]
+                for r in rows:  # speedup over 1 thread of the same label, when the sweep has it
+                    if one and r.get("ms_median"):
+                        r["speedup"] = one[0]["ms_median"] / r["ms_median"]
+                ours[label]["rows"] = rows
         for label in PEER_LABELS:
             j = load_json_last(f"{res}/peer_{label}.json")
             if j:
@@ -213,15 +256,16 @@ def benches(res, out, md):
     with open(f"{out}/bench.csv", "w", newline="") as fc:
         w = csv.writer(fc)
         for label in BENCH_LABELS:
-            text = read(f"{res}/bench_{label}.csv")
-            if not text.strip():
-                continue
-            r = list(csv.reader(io.StringIO(text)))
-            if header is None:
-                header = ["run"] + r[0]
-                w.writerow(header)
-            for row in r[1:]:
-                w.writerow([label] + row)
+            for path in bench_files(res, label, "csv"):
+                text = read(path)
+                if not text.strip():
+                    continue
+                r = list(csv.reader(io.StringIO(text)))
+                if header is None:
+                    header = ["run"] + r[0]
+                    w.writerow(header)
+                for row in r[1:]:
+                    w.writerow([label] + row)
 
     extra_keys = lambda row: [k for k in row if re.search(r"copy|upload|download|device|gpu|product|transfer", k)]
     for preset in ("nanogpt", "baby"):
