@@ -267,18 +267,13 @@ def benches(res, out, md):
                 for row in r[1:]:
                     w.writerow([label] + row)
 
-    extra_keys = lambda row: [k for k in row if re.search(r"copy|upload|download|device|gpu|product|transfer", k)]
     for preset in ("nanogpt", "baby"):
         labels = [l for l in BENCH_LABELS if l.startswith(preset) and l in ours]
         md.append(f"## {preset} per step (chargpt bench)\n")
         if not labels:
             md.append("no results\n")
             continue
-        rows, extras = [], set()
-        for l in labels:
-            for r in ours[l].get("rows", []):
-                extras.update(extra_keys(r))
-        extras = sorted(extras)
+        rows = []
         for l in labels:
             m = ours[l].get("method", {})
             for r in ours[l].get("rows", []):
@@ -287,10 +282,17 @@ def benches(res, out, md):
                              fmt(r.get("speedup"), 2), fmt(100 * r["mfu"], 1) if r.get("mfu") is not None else "-",
                              fmt((r.get("sgemm_flops_per_s") or float("nan")) / 1e9, 0),
                              f"{fmt(r.get('fwd_bwd_ms'))} / {fmt(r.get('reduce_opt_ms'))} / {fmt(r.get('rest_ms'))}",
-                             fmt(100 * r["other_cpu_frac"], 0) if r.get("other_cpu_frac") is not None else "-"]
-                            + [r.get(k, "-") for k in extras])
+                             fmt(100 * r["other_cpu_frac"], 0) if r.get("other_cpu_frac") is not None else "-"])
         md.append(table(["run", "backend", "precision", "threads", "ms/step", "tok/s", "speedup", "MFU %",
-                         "sgemm GFLOP/s", "fwd+bwd / reduce+opt / rest ms", "others' CPU %"] + extras, rows) + "\n")
+                         "sgemm GFLOP/s", "fwd+bwd / reduce+opt / rest ms", "others' CPU %"], rows) + "\n")
+        # A device backend's split of the step (bench's dev_* fields; -1 = not a device backend).
+        dev = [(l, r) for l in labels for r in ours[l].get("rows", []) if (r.get("dev_call_ms") or -1) >= 0]
+        if dev:
+            keys = [k for k in dev[0][1] if k.startswith("dev_")]
+            md.append(f"Where the {preset} GPU step goes, per step (bench's dev_* fields; MFU with the transfers: mfu_io)\n")
+            md.append(table(["run", "threads", "mfu_io %"] + [k[4:] for k in keys],
+                            [[l, r.get("threads"), fmt(100 * r["mfu_io"], 1) if r.get("mfu_io") is not None else "-"]
+                             + [fmt(r.get(k), 2) for k in keys] for l, r in dev]) + "\n")
 
     md.append("## The PyTorch peer (scripts/torch_gpt_ref.py bench) on this machine, and the ratios\n")
     if not peers:
