@@ -5,7 +5,7 @@
 # summary.md plus raw outputs (at most 8 files) to $OUT, or to DIR when $OUT is unset.
 #
 # Before the run, here: scripts/device_pack.sh --download --prebuild  (fills .carry/: the
-# .debs, the dataset and a portable prebuilt chargpt to fall back on; ~32 MiB in all).
+# .debs, the dataset and a portable prebuilt chargpt to fall back on; ~26 MiB in all).
 # The run call (the whole script stops itself after --budget seconds, 340 by default):
 #   command:   bash scripts/device_check.sh
 #   carry:     [".carry"]
@@ -37,8 +37,8 @@ SCRIPTS=$ROOT/scripts
 ALL_STAGES=(system build info ctest baby_loss nanogpt_gpu peer_gpu nanogpt_cpu baby_cpu nanogpt_bf16 peer_cpu)
 GPU_STAGES=" baby_loss nanogpt_gpu peer_gpu "
 # Each stage's own limit in seconds (16 cores; estimates from a 2-core run scaled, x2-3 slack).
-declare -A LIMIT=([system]=30 [build]=200 [info]=20 [ctest]=120 [baby_loss]=90 [nanogpt_gpu]=60
-  [peer_gpu]=90 [nanogpt_cpu]=110 [baby_cpu]=45 [peer_cpu]=90 [nanogpt_bf16]=90)
+declare -A LIMIT=([system]=30 [build]=200 [info]=20 [ctest]=120 [baby_loss]=90 [nanogpt_gpu]=75
+  [peer_gpu]=90 [nanogpt_cpu]=120 [baby_cpu]=45 [peer_cpu]=90 [nanogpt_bf16]=90)
 
 stages_arg="" cpu_only=0 threads_arg="1,2,4,8,16" budget=340 force_prebuilt=0 dir_arg=""
 while [ $# -gt 0 ]; do
@@ -257,6 +257,7 @@ stage_nanogpt_gpu() {
   local rc=0
   bench_run nanogpt_cuda --preset nanogpt --backend cuda --threads "$NTHREADS" --steps 10 --warmup 2 --rounds 1 || rc=$?
   bench_run nanogpt_cuda_tf32 --preset nanogpt --backend cuda --tf32 --threads "$NTHREADS" --steps 10 --warmup 2 --rounds 1 || rc=$?
+  bench_run nanogpt_cuda_bf16 --preset nanogpt --backend cuda --precision bf16 --threads "$NTHREADS" --steps 10 --warmup 2 --rounds 1 || rc=$?
   bench_run baby_cuda --preset baby --backend cuda --threads "$NTHREADS" --steps 20 --warmup 3 --rounds 1 || rc=$?
   return "$rc"
 }
@@ -299,7 +300,7 @@ stage_peer_gpu() {
 # What each stage writes into $RES: removed before the stage runs again, so that a rerun's
 # summary never mixes its results with stale ones (those of stages not rerun stay).
 declare -A STAGE_FILES=([system]="system.txt" [info]="info.txt" [ctest]="ctest.txt ctest.xml"
-  [baby_loss]="train_cpu.jsonl train_cuda.jsonl" [nanogpt_gpu]="bench_nanogpt_cuda.* bench_nanogpt_cuda_tf32.* bench_baby_cuda.*"
+  [baby_loss]="train_cpu.jsonl train_cuda.jsonl" [nanogpt_gpu]="bench_nanogpt_cuda.* bench_nanogpt_cuda_tf32.* bench_nanogpt_cuda_bf16.* bench_baby_cuda.*"
   [peer_gpu]="peer_*_cuda*.json" [nanogpt_cpu]="bench_nanogpt_cpu.* bench_nanogpt_cpu_t*"
   [nanogpt_bf16]="bench_nanogpt_cpu_bf16*" [baby_cpu]="bench_baby_cpu.* bench_baby_cpu_t*" [peer_cpu]="peer_*_cpu*.json")
 stage_peer_cpu() {  # quickest first: a stage stopped by its limit keeps what it finished

@@ -211,7 +211,8 @@ def loss_curves(res, out, md):
               f"cpu {', '.join(fmt(x) for x in ms['cpu'])}; cuda {', '.join(fmt(x) for x in ms['cuda'])}\n")
 
 
-BENCH_LABELS = ["nanogpt_cpu", "nanogpt_cpu_bf16", "nanogpt_cuda", "nanogpt_cuda_tf32", "baby_cpu", "baby_cuda"]
+BENCH_LABELS = ["nanogpt_cpu", "nanogpt_cpu_bf16", "nanogpt_cuda", "nanogpt_cuda_tf32", "nanogpt_cuda_bf16",
+                "baby_cpu", "baby_cuda"]
 PEER_LABELS = ["nanogpt_cpu", "nanogpt_cpu_bf16", "nanogpt_cuda", "nanogpt_cuda_bf16",
                "baby_cpu", "baby_cpu_bf16", "baby_cuda", "baby_cuda_bf16"]
 
@@ -309,7 +310,7 @@ def benches(res, out, md):
         return rows[-1].get("ms_median") if rows else None
 
     pairs = {"nanogpt_cpu": "nanogpt_cpu", "nanogpt_cpu_bf16": "nanogpt_cpu_bf16", "nanogpt_cuda": "nanogpt_cuda",
-             "nanogpt_cuda_bf16": "nanogpt_cuda_tf32", "baby_cpu": "baby_cpu", "baby_cpu_bf16": "baby_cpu",
+             "nanogpt_cuda_bf16": "nanogpt_cuda_bf16", "baby_cpu": "baby_cpu", "baby_cpu_bf16": "baby_cpu",
              "baby_cuda": "baby_cuda", "baby_cuda_bf16": "baby_cuda"}
     rows = []
     for l in PEER_LABELS:
