@@ -26,6 +26,9 @@ torch's oversubscribe the cores, so this script sets OPENBLAS_NUM_THREADS=1
 unless the environment already sets it: torch's --threads are the parallelism.
 --bf16 runs forward and loss under torch.autocast("cpu", dtype=torch.bfloat16)
 (weights and optimizer stay fp32); whether it is faster depends on the CPU.
+--device cuda runs the same steps on the GPU (autocast "cuda" with --bf16); the
+batches are still drawn on the CPU with the same generator, then copied over,
+and each timed step ends with loss.item(), which waits for the GPU.
 """
 import argparse
 import json
@@ -151,11 +154,11 @@ def load_splits(path):
     return vocab, data[:n_train], data[n_train:]
 
 
-def get_batch(data, B, T, g):
+def get_batch(data, B, T, g, device):
     ix = torch.randint(len(data) - T, (B,), generator=g)
     x = torch.stack([data[i:i + T] for i in ix.tolist()])
     y = torch.stack([data[i + 1:i + 1 + T] for i in ix.tolist()])
-    return x, y
+    return x.to(device), y.to(device)
 
 
 def make_optimizer(model, a):
@@ -177,14 +180,14 @@ def lr_at(it, a, decay_steps):
 
 def autocast(a):
     if a.bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+        return torch.autocast(a.device, dtype=torch.bfloat16)
+    return torch.autocast(a.device, enabled=False)
 
 
 def train_step(model, opt, data, a, g, lr):
     for group in opt.param_groups:
         group["lr"] = lr
-    x, y = get_batch(data, a.B, a.T, g)
+    x, y = get_batch(data, a.B, a.T, g, a.device)
     with autocast(a):
         _, loss = model(x, y)
     opt.zero_grad(set_to_none=True)
@@ -199,7 +202,7 @@ def estimate_loss(model, data, a, g):
     model.eval()
     losses = []
     for _ in range(a.eval_iters):
-        x, y = get_batch(data, a.B, a.T, g)
+        x, y = get_batch(data, a.B, a.T, g, a.device)
         with autocast(a):
             losses.append(model(x, y)[1].item())
     model.train()
@@ -218,14 +221,14 @@ def exact_loss(model, data, a):
     chunk = 256  # windows per forward pass
     for s in range(0, full, chunk):
         e = min(full, s + chunk)
-        x = data[s * T:e * T].view(e - s, T)
-        y = data[s * T + 1:e * T + 1].view(e - s, T)
+        x = data[s * T:e * T].view(e - s, T).to(a.device)
+        y = data[s * T + 1:e * T + 1].view(e - s, T).to(a.device)
         with autocast(a):
             total += model(x, y)[1].item() * (e - s) * T
     tail = n_targets - full * T
     if tail:
-        x = data[full * T:full * T + tail].view(1, tail)
-        y = data[full * T + 1:full * T + 1 + tail].view(1, tail)
+        x = data[full * T:full * T + tail].view(1, tail).to(a.device)
+        y = data[full * T + 1:full * T + 1 + tail].view(1, tail).to(a.device)
         with autocast(a):
             total += model(x, y)[1].item() * tail
     model.train()
@@ -237,22 +240,28 @@ def peak_rss_mib():
 
 
 def setup(a):
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"torch_gpt_ref: --device cuda, but this PyTorch ({torch.__version__}) sees no CUDA device")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     vocab, train_data, val_data = load_splits(a.data)
     if len(train_data) <= a.T + 1 or len(val_data) <= 1:
         sys.exit(f"torch_gpt_ref: '{a.data}' is too short for block size {a.T}")
-    model = GPT(len(vocab), a.T, a.L, a.H, a.C)
+    model = GPT(len(vocab), a.T, a.L, a.H, a.C).to(a.device)
     model.train()
     return vocab, train_data, val_data, model, make_optimizer(model, a), torch.Generator().manual_seed(a.seed)
 
 
 def describe(a, model, vocab):
-    return {"peer": "pytorch", "torch": torch.__version__, "threads": a.threads,
-            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "bf16": a.bf16,
-            "config": {"n_layer": a.L, "n_head": a.H, "n_embd": a.C, "block_size": a.T, "batch_size": a.B,
-                       "vocab_size": len(vocab)},
-            "parameters": sum(p.numel() for p in model.parameters())}
+    out = {"peer": "pytorch", "torch": torch.__version__, "threads": a.threads,
+           "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "bf16": a.bf16,
+           "config": {"n_layer": a.L, "n_head": a.H, "n_embd": a.C, "block_size": a.T, "batch_size": a.B,
+                      "vocab_size": len(vocab)},
+           "parameters": sum(p.numel() for p in model.parameters())}
+    if a.device == "cuda":
+        out.update({"device": "cuda", "gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+                    "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)})
+    return out
 
 
 # ---- Commands -------------------------------------------------------------------------
@@ -264,6 +273,8 @@ def cmd_bench(a):
         train_step(model, opt, train_data, a, g, lr_at(it, a, decay_steps))
     times, loss = [], float("nan")
     for it in range(a.warmup, a.warmup + a.steps):
+        if a.device == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         loss, _ = train_step(model, opt, train_data, a, g, lr_at(it, a, decay_steps))
         times.append(time.perf_counter() - t0)
@@ -336,6 +347,8 @@ def main():
     r.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()),
                    help="torch.set_num_threads (default: torch's default, %(default)s here)")
     r.add_argument("--bf16", action="store_true", help="bf16 autocast for forward and loss")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the model and the steps run (cuda: the first GPU that PyTorch sees)")
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
