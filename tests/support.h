@@ -13,11 +13,13 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "base/rng.h"
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
@@ -230,6 +232,13 @@ inline std::vector<float> random_params(const Config& cfg, uint64_t seed, double
 }
 
 // ---------------------------------------------------------------- the tiny model and corpora
+
+// The OpenBLAS fp32 backend, for the tests that run the model on the reference path
+// (it reads the host weights: nothing to bind).
+inline Backend& openblas_backend() {
+  static const std::unique_ptr<Backend> be = make_backend();
+  return *be;
+}
 
 // The unit tests' model: 2 layers, 2 heads, n_embd 8, context 8; fast enough for numerical gradients.
 inline Config tiny_config(int vocab_size = 5) {

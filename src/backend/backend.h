@@ -1,21 +1,29 @@
 #pragma once
-// The one door for the model's matrix products. Every linear layer of the
-// model (forward and backward), the KV-cache step's matrix-vector products and
-// the bench's FLOP-rate measurement go through a Backend; no other file calls
-// a BLAS library. OpenBLAS fp32 is the default and the reference.
+// The one door for the model's matrix products. Every linear layer of the model
+// (forward and backward) and the KV-cache step's matrix-vector products go
+// through a Backend; no other file calls a BLAS library. OpenBLAS fp32 is the
+// default and the reference.
 //
-// A backend is stateful: it may keep its own copy of the weights (bf16, or on
-// a GPU). The engine binds it to the parameter block once, and tells it which
-// range of the block changed after every write of the weights (the AdamW chunk
-// loop, init, a resume), so that a copy is refreshed once per optimizer step,
-// never per call. A linear op's `weight` pointer always points into the bound
-// block (or a block of the same layout for gradients), so `weight - params`
-// names the tensor. Calls come from several oneTBB workers at once; a backend
-// keeps any per-call state per thread.
+// A backend author implements three products (linear_forward, linear_backward,
+// matvec_forward), and, if the backend keeps its own copy of the weights (bf16,
+// or on a GPU), bind_weights and weights_changed:
+//   - The engine binds the backend once to the parameter table (the block and
+//     where each tensor sits in it), and after every write of the weights (the
+//     AdamW chunk loop, init, a resume) says which float range of the block
+//     changed, so that a copy is refreshed once per optimizer step, never per call.
+//   - A product names its weight and bias by their tensor in that table (Weight);
+//     the host pointer travels along for backends that read the block directly.
+//   - A product's activation input may carry its bf16 copy (LinearInput): a
+//     backend whose products read bf16 says so (wants_bf16_inputs) and the model
+//     then writes that copy where it writes the activation, once per forward.
+// Calls come from several oneTBB workers at once; a backend keeps any per-call
+// state per thread. Backends are listed in registry.cpp (name, availability,
+// factory, info); a new one is one file and one row there.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace chargpt {
 
@@ -30,67 +38,77 @@ struct BackendOptions {
 
 const char* backend_name(BackendKind kind);
 const char* precision_name(Precision p);
-// Parses "openblas" | "onednn" | "cuda" and "fp32" | "bf16"; throws std::invalid_argument naming the value.
+// Parses a backend name of the registry ("openblas", "onednn", "cuda") and "fp32" | "bf16";
+// throws std::invalid_argument naming the value and the choices.
 BackendKind parse_backend(const std::string& s);
 Precision parse_precision(const std::string& s);
+
+// A weight or bias as a product reads it: its tensor in the bound table, and its
+// host fp32 floats. data == nullptr: absent (a product without bias).
+// tensor == -1: not in any table (only backends that read the host floats accept it).
+struct Weight {
+  const float* data = nullptr;
+  int tensor = -1;
+};
+
+// Where one tensor of the parameter block lies, in floats.
+struct TensorSlot {
+  size_t offset = 0, numel = 0;
+};
+
+// What bind_weights receives: the fp32 parameter block and its tensors.
+struct WeightTable {
+  const float* block = nullptr;
+  size_t floats = 0;
+  std::vector<TensorSlot> tensors;
+  // The offset in the block of tensor w.tensor, checked: w names a tensor of this table
+  // of at least n floats and w.data points at it. Throws std::logic_error otherwise.
+  size_t offset_of(const Weight& w, size_t n) const;
+};
+
+// A product's activation input [R, IC]: fp32, and where the model wrote it, its bf16
+// copy (= to_bf16(f32), ops.h) for a backend that wants bf16 inputs. bf16 may be null.
+struct LinearInput {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+};
 
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;  // e.g. "openblas fp32"
 
-  // The parameter block (n floats) the linear weights point into. Until bound,
-  // a backend that keeps its own copy of the weights cannot run.
-  virtual void bind_weights(const float* params, size_t n) { (void)params, (void)n; }
+  // The parameter table the weights are named in. Until bound, a backend that keeps its
+  // own copy of the weights cannot run.
+  virtual void bind_weights(const WeightTable& table) { (void)table; }
   // Floats [begin, end) of the bound block changed. Called for disjoint ranges
   // from several threads at once (the AdamW chunk loop).
   virtual void weights_changed(size_t begin, size_t end) { (void)begin, (void)end; }
-  // How many times weights_changed covered the whole block (tests: the upload schedule).
-  virtual size_t weight_syncs() const { return 0; }
+  // True if the products read their activation input in bf16: the model then hands
+  // them a bf16 copy in LinearInput::bf16 (else the backend converts per call).
+  virtual bool wants_bf16_inputs() const { return false; }
 
-  // out[R,OC] = inp[R,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be null).
-  virtual void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC,
-                              int OC) = 0;
+  // out[R,OC] = inp[R,IC] · weight[OC,IC]ᵀ + bias[OC] (bias.data may be null).
+  virtual void linear_forward(float* out, LinearInput inp, Weight weight, Weight bias, int R, int IC, int OC) = 0;
   // dinp[R,IC] = dout · weight (skipped if null); dweight[OC,IC] += doutᵀ · inp; dbias[OC] += Σ_r dout
   // (if non-null). accumulate = false: dweight and dbias are written (=) instead.
-  virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                               const float* weight, int R, int IC, int OC, bool accumulate) = 0;
-  // bf16 copies of the activations. A backend whose products read their activation input in
-  // bf16 says so here; the model then has the op that produces such an input write a bf16
-  // copy too (inp16 = to_bf16(inp), ops.h: the same bits the backend would compute), and hands
-  // it over through the two calls below, so the backend converts nothing per call and the
-  // forward's copy serves the backward's weight gradient as well. Their defaults ignore inp16.
-  virtual bool wants_bf16_inputs() const { return false; }
-  // linear_forward, with inp16 (may be null) = to_bf16(inp[R,IC]).
-  virtual void linear_forward16(float* out, const float* inp, const uint16_t* inp16, const float* weight,
-                                const float* bias, int R, int IC, int OC) {
-    (void)inp16;
-    linear_forward(out, inp, weight, bias, R, IC, OC);
-  }
-  // linear_backward, with inp16 (may be null) = to_bf16(inp[R,IC]).
-  virtual void linear_backward16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                                 const uint16_t* inp16, const float* weight, int R, int IC, int OC, bool accumulate) {
-    (void)inp16;
-    linear_backward(dinp, dweight, dbias, dout, inp, weight, R, IC, OC, accumulate);
-  }
-  // Rows [row0, row1) of out[OC] = weight[OC,IC] · x[IC] + bias[OC] (bias may be null): the KV-cache step.
-  // Each row is computed by the same arithmetic whatever the range, so splitting rows over threads changes
-  // no result.
-  virtual void matvec_forward(float* out, const float* weight, const float* bias, const float* x, int IC, int row0,
+  virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, LinearInput inp,
+                               Weight weight, int R, int IC, int OC, bool accumulate) = 0;
+  // Rows [row0, row1) of out[OC] = weight[OC,IC] · x[IC] + bias[OC] (bias.data may be null): the
+  // KV-cache step. Each row is computed by the same arithmetic whatever the range, so splitting
+  // rows over threads changes no result.
+  virtual void matvec_forward(float* out, Weight weight, Weight bias, const float* x, int IC, int row0,
                               int row1) = 0;
-  // C[M,N] = op(A)·op(B) + beta·C on host fp32 arrays, row-major, row strides lda/ldb/ldc: for
-  // measuring the backend's own product rate (bench MFU), in its own precision.
-  virtual void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
-                    float beta, float* C, int ldc) = 0;
 };
 
-// A backend of the given kind; throws std::runtime_error saying why when it is
-// not compiled in or cannot run here (no AMX, no CUDA device).
-std::unique_ptr<Backend> make_backend(const BackendOptions& opt = {});
+// "" if the backend named in opt offers its precision and flags (whatever the build
+// and the machine), else the one-line reason naming the flag: a usage error.
+std::string backend_options_error(const BackendOptions& opt);
 
-// The OpenBLAS fp32 backend, shared: stateless, for callers that use the fp32
-// reference path (tests, the uncached sampler).
-Backend& cpu_backend();
+// A backend of the given kind; throws std::runtime_error saying why when the options
+// do not fit it (backend_options_error), it is not compiled in or it cannot run here
+// (no AMX, no CUDA device).
+std::unique_ptr<Backend> make_backend(const BackendOptions& opt = {});
 
 // What the build and the machine offer, one "key: value" per line: backends
 // compiled in, BLAS configuration, the CPU's ISA.

@@ -1,4 +1,4 @@
-// make_cuda_backend and cuda_info: load the CUDA module (libchargpt_cuda.so,
+// The CUDA row of the registry: loads the CUDA module (libchargpt_cuda.so,
 // see cuda_module.h) on first use, so that a run that never asks for CUDA never
 // loads the CUDA runtime or cuBLAS. The module is looked for beside the running
 // executable, then in ../lib/chargpt/ from it (the installed layout), then on the
@@ -57,28 +57,36 @@ const CudaModule& cuda_module() {
   return m;
 }
 
-}  // namespace
+std::string cuda_unavailable(const BackendOptions&) {
+  const CudaModule& m = cuda_module();
+  if (!m.open) return "--backend cuda: cannot load the CUDA module " CHARGPT_CUDA_MODULE ": " + m.error;
+  return "";
+}
 
-std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opt) {
-  if (opt.precision == Precision::bf16 && opt.tf32)
-    throw std::runtime_error("--tf32 applies to fp32 products; --backend cuda --precision bf16 runs bf16 products");
+// Throws "no CUDA device: ..." without a usable GPU.
+std::unique_ptr<Backend> make_cuda(const BackendOptions& opt) {
   DeviceTuning tuning = device_tuning_from_env();  // CHARGPT_CUDA_* (device_backend.h)
   tuning.bf16 = opt.precision == Precision::bf16;
-  const CudaModule& m = cuda_module();
-  if (!m.open)
-    throw std::runtime_error("--backend cuda: cannot load the CUDA module " CHARGPT_CUDA_MODULE ": " + m.error);
   std::string why;
-  std::unique_ptr<Device> dev(m.open(opt.tf32, tuning.bf16, &why));
+  std::unique_ptr<Device> dev(cuda_module().open(opt.tf32, tuning.bf16, &why));
   if (!dev) throw std::runtime_error("no CUDA device: " + why + " (--backend cuda needs an NVIDIA GPU and driver)");
   return make_device_backend(std::move(dev), tuning);
 }
 
+// "cuda: compiled in (runtime X, cuBLAS Y); devices: ..." (the GPUs, or none and why).
 std::string cuda_info() {
   const CudaModule& m = cuda_module();
   if (!m.info) return "cuda: compiled in, but the module " CHARGPT_CUDA_MODULE " cannot be loaded: " + m.error;
   std::string s;
   m.info(&s);
   return s;
+}
+
+}  // namespace
+
+BackendEntry cuda_entry() {
+  return {BackendKind::cuda, "cuda", precision_bit(Precision::fp32) | precision_bit(Precision::bf16), true,
+          cuda_unavailable, make_cuda, cuda_info};
 }
 
 }  // namespace chargpt

@@ -38,13 +38,14 @@ class DeviceBackend final : public Backend {
   std::string name() const override { return device_->name(); }
   bool wants_bf16_inputs() const override { return tune_.bf16; }
 
-  void bind_weights(const float* params, size_t n) override {
+  void bind_weights(const WeightTable& table) override {
     std::lock_guard<std::mutex> g(flush_mu_);
     if (weights_) device_->free_device(weights_);
     if (weights16_) device_->free_device(weights16_);
     weights_ = weights16_ = nullptr;
-    params_ = params;
-    n_ = n;
+    table_ = table;
+    params_ = table.block;
+    const size_t n = n_ = table.floats;
     weights_ = n ? device_->alloc_device(n) : nullptr;
     if (tune_.bf16 && n) {
       weights16_ = device_->alloc_device(bf16_floats(n));
@@ -59,25 +60,12 @@ class DeviceBackend final : public Backend {
   // push, and the next product uploads the whole block in one copy.
   void weights_changed(size_t begin, size_t end) override { uploads_.mark(begin, end); }
 
-  // Times the whole block was uploaded (once at the first product after binding
-  // or loading, then once per optimizer step).
-  size_t weight_syncs() const override { return uploads_.full_uploads(); }
-
-  void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC,
-                      int OC) override {
-    forward(out, inp, nullptr, weight, bias, R, IC, OC);
+  void linear_forward(float* out, LinearInput in, Weight weight, Weight bias, int R, int IC, int OC) override {
+    forward(out, in.f32, in.bf16, weight, bias, R, IC, OC);
   }
-  void linear_forward16(float* out, const float* inp, const uint16_t* inp16, const float* weight, const float* bias,
-                        int R, int IC, int OC) override {
-    forward(out, inp, inp16, weight, bias, R, IC, OC);
-  }
-  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                       const float* weight, int R, int IC, int OC, bool accumulate) override {
-    backward(dinp, dweight, dbias, dout, inp, nullptr, weight, R, IC, OC, accumulate);
-  }
-  void linear_backward16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                         const uint16_t* inp16, const float* weight, int R, int IC, int OC, bool accumulate) override {
-    backward(dinp, dweight, dbias, dout, inp, inp16, weight, R, IC, OC, accumulate);
+  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, LinearInput in, Weight weight,
+                       int R, int IC, int OC, bool accumulate) override {
+    backward(dinp, dweight, dbias, dout, in.f32, in.bf16, weight, R, IC, OC, accumulate);
   }
 
   // The KV-cache step runs on the CPU, on the host weights (always current: the
@@ -87,40 +75,11 @@ class DeviceBackend final : public Backend {
   // the product, and cuBLAS does not promise that a row's result is the same
   // whatever range it is computed in, which this call's contract requires.
   // The sampler's prefill (gpt_forward) does run on the device.
-  void matvec_forward(float* out, const float* weight, const float* bias, const float* x, int IC, int row0,
-                      int row1) override {
-    matvec_rows(out, weight, bias, x, IC, row0, row1);
+  void matvec_forward(float* out, Weight weight, Weight bias, const float* x, int IC, int row0, int row1) override {
+    matvec_rows(out, weight.data, bias.data, x, IC, row0, row1);
   }
 
-  // Host arrays: uploads A, B (and C if beta != 0), one product, downloads C.
-  // The rate it gives includes the transfers (device_product_flops: without).
-  void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
-            float beta, float* C, int ldc) override {
-    map_row_major(trans_a, trans_b, M, N, K, lda, ldb, ldc);  // validates before anything is copied
-    const auto t0 = Clock::now();
-    LaneState& L = begin_call();
-    const size_t a_n = trans_a ? span(K, M, lda) : span(M, K, lda);
-    const size_t b_n = trans_b ? span(N, K, ldb) : span(K, N, ldb);
-    const size_t c_n = span(M, N, ldc);
-    const size_t b_off = align_floats(a_n);
-    L.reserve(b_off + b_n, c_n);
-    stage_in(L, L.d_in.p, L.h_in.p, A, nullptr, a_n);
-    stage_in(L, L.d_in.p + b_off, L.h_in.p + b_off, B, nullptr, b_n);
-    if (beta != 0.f) {
-      std::memcpy(L.h_out.p, C, sizeof(float) * c_n);
-      L.lane->upload(L.d_out.p, L.h_out.p, sizeof(float) * c_n);
-    }
-    L.gemm(trans_a, trans_b, M, N, K, L.d_in.p, lda, L.d_in.p + b_off, ldb, beta, L.d_out.p, ldc, main_inputs(),
-           tune_.timers);
-    // Downloaded whole; only C's rows' first N floats are ours (the gaps keep the caller's values).
-    L.phase(DevicePhase::download, tune_.timers);
-    L.lane->download(L.h_out.p, L.d_out.p, sizeof(float) * c_n);
-    L.n.bytes_down += sizeof(float) * c_n;
-    finish(L);
-    for (int m = 0; m < M; ++m) std::memcpy(C + (size_t)m * ldc, L.h_out.p + (size_t)m * ldc, sizeof(float) * N);
-    end_call(L, t0);
-  }
-
+  // The product-only rate (device_product_flops): linear_forward's includes the transfers.
   double product_flops(int n, int reps) {
     LaneState& L = begin_call();
     const size_t nn = (size_t)n * n;
@@ -158,15 +117,15 @@ class DeviceBackend final : public Backend {
   GemmInputs main_inputs() const { return tune_.bf16 ? GemmInputs::bf16 : GemmInputs::fp32; }
   size_t elem_bytes() const { return tune_.bf16 ? 2 : 4; }
 
-  void forward(float* out, const float* inp, const uint16_t* inp16, const float* weight, const float* bias, int R,
-               int IC, int OC) {
+  void forward(float* out, const float* inp, const uint16_t* inp16, Weight weight, Weight bias, int R, int IC,
+               int OC) {
     if (R <= 0) return;
     const auto t0 = Clock::now();
     LaneState& L = begin_call();
     sync_weights(L);
     const void* w = device_weight(weight, (size_t)OC * IC);
-    const float* b = bias ? device_bias(bias, OC) : nullptr;
-    const StagingPlan p = StagingPlan::forward(R, IC, OC, bias != nullptr);
+    const float* b = bias.data ? device_bias(bias, OC) : nullptr;
+    const StagingPlan p = StagingPlan::forward(R, IC, OC, b != nullptr);
     const float* ones = b ? L.ones(p.ones) : nullptr;
     L.reserve(p.in_floats, p.out_floats);
     const size_t n_in = (size_t)R * IC;
@@ -184,7 +143,7 @@ class DeviceBackend final : public Backend {
   }
 
   void backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                const uint16_t* inp16, const float* weight, int R, int IC, int OC, bool accumulate) {
+                const uint16_t* inp16, Weight weight, int R, int IC, int OC, bool accumulate) {
     if (R <= 0) {
       if (!accumulate) {
         std::memset(dweight, 0, sizeof(float) * OC * IC);
@@ -355,21 +314,14 @@ class DeviceBackend final : public Backend {
     return h.h;
   }
 
-  // The device copy of n floats at host address p of the bound block, in the
-  // products' precision (bf16: the bf16 copy).
-  const void* device_weight(const float* p, size_t n) const {
-    check_bound(p, n);
-    if (tune_.bf16) return reinterpret_cast<const uint16_t*>(weights16_) + (p - params_);
-    return weights_ + (p - params_);
+  // The device copy of n floats of a tensor of the bound table, in the products'
+  // precision (bf16: the bf16 copy); a bias is read in fp32 (device_bias).
+  const void* device_weight(const Weight& w, size_t n) const {
+    const size_t at = table_.offset_of(w, n);
+    if (tune_.bf16) return reinterpret_cast<const uint16_t*>(weights16_) + at;
+    return weights_ + at;
   }
-  const float* device_bias(const float* p, size_t n) const {  // always fp32
-    check_bound(p, n);
-    return weights_ + (p - params_);
-  }
-  void check_bound(const float* p, size_t n) const {
-    if (!params_ || p < params_ || p + n > params_ + n_)
-      throw std::logic_error(name() + ": a weight pointer outside the bound parameter block (bind_weights first)");
-  }
+  const float* device_bias(const Weight& w, size_t n) const { return weights_ + table_.offset_of(w, n); }
 
   // Uploads what was marked since the last upload, before a product reads the
   // weights. The first thread to get here uploads on its own lane and waits for
@@ -402,6 +354,7 @@ class DeviceBackend final : public Backend {
 
   std::unique_ptr<Device> device_;
   const DeviceTuning tune_;
+  WeightTable table_;
   const float* params_ = nullptr;
   size_t n_ = 0;
   float* weights_ = nullptr;    // device copy of params_[0, n_)

@@ -3,9 +3,10 @@
 //
 // bf16. The fp32 parameter block stays the master copy; this backend keeps a bf16
 // copy of the whole block (same layout), refreshed by weights_changed() for the
-// ranges the AdamW chunk loop just wrote (so once per step). Each product's other
-// input comes in bf16 when the op that produced it wrote a copy (linear_forward16;
-// the weight gradient reuses it), else it is rounded here (nearest even). Products accumulate
+// ranges the AdamW chunk loop just wrote (so once per step). A product's activation
+// input comes with its bf16 copy from the model (LinearInput::bf16, written by the op
+// that produced it); without one it is rounded here (round to nearest even), as is
+// the backward's dout. Products accumulate
 // in fp32 and write fp32; the bias add, the bias gradient and the `accumulate`
 // sum (post-op sum, one fp32 add) are fp32. Everything outside the products
 // (LayerNorm, softmax, the loss, AdamW) is the same fp32 code as ever.
@@ -33,18 +34,12 @@
 #include "backend/backend_impl.h"
 #include "base/cpu.h"
 #include "base/hash.h"
+#include "ops/lane_dot.h"
 #include "ops/ops.h"
 
 namespace chargpt {
 
 bool cpu_has_amx_bf16() { return cpu_features().amx(); }
-
-static inline float bf16_to_float(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 namespace {
 
@@ -116,48 +111,31 @@ class OneDnnBackend final : public Backend {
 
   std::string name() const override { return std::string("onednn ") + precision_name(prec_); }
 
-  void bind_weights(const float* params, size_t n) override {
-    params_ = params;
-    n_ = n;
-    if (prec_ == Precision::bf16) wb_.assign(n, 0);
-    covered_.store(0);
+  void bind_weights(const WeightTable& table) override {
+    table_ = table;
+    if (bf16()) wb_.assign(table.floats, 0);
   }
   void weights_changed(size_t begin, size_t end) override {
-    if (!params_ || begin > end || end > n_) throw std::logic_error("onednn backend: weights_changed out of range");
-    if (prec_ == Precision::bf16) to_bf16(wb_.data() + begin, params_ + begin, end - begin);
-    covered_.fetch_add(end - begin);
+    if (!table_.block || begin > end || end > table_.floats)
+      throw std::logic_error("onednn backend: weights_changed out of range");
+    if (bf16()) to_bf16(wb_.data() + begin, table_.block + begin, end - begin);
   }
-  size_t weight_syncs() const override { return n_ ? covered_.load() / n_ : 0; }
 
   bool wants_bf16_inputs() const override { return bf16(); }
 
-  void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC,
-                      int OC) override {
-    linear_forward16(out, inp, nullptr, weight, bias, R, IC, OC);
-  }
-  void linear_forward16(float* out, const float* inp, const uint16_t* inp16, const float* weight, const float* bias,
-                        int R, int IC, int OC) override {
+  void linear_forward(float* out, LinearInput inp, Weight weight, Weight bias, int R, int IC, int OC) override {
     Local& L = locals_.local();
     // out[R,OC] = inp[R,IC] · Wᵀ: B[k=i, n=o] = W[o*IC + i].
-    Key k{R, OC, IC, IC, 1, 1, IC, OC, bf16(), bias != nullptr, 0.f};
+    Key k{R, OC, IC, IC, 1, 1, IC, OC, bf16(), bias.data != nullptr, 0.f};
     if (bf16()) {
-      if (!inp16) {
-        to_bf16(grow(L.a16, (size_t)R * IC), inp, (size_t)R * IC);
-        inp16 = L.a16.data();
-      }
-      run(L, k, inp16, weight16(weight, (size_t)OC * IC), bias, out);
+      run(L, k, input16(L.a16, inp, (size_t)R * IC), weight16(weight, (size_t)OC * IC), bias.data, out);
     } else {
-      run(L, k, inp, weight, bias, out);
+      run(L, k, inp.f32, weight.data, bias.data, out);
     }
   }
 
-  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                       const float* weight, int R, int IC, int OC, bool accumulate) override {
-    linear_backward16(dinp, dweight, dbias, dout, inp, nullptr, weight, R, IC, OC, accumulate);
-  }
-  void linear_backward16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                         const uint16_t* inp16, const float* weight, int R, int IC, int OC,
-                         bool accumulate) override {
+  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, LinearInput inp, Weight weight,
+                       int R, int IC, int OC, bool accumulate) override {
     Local& L = locals_.local();
     const float sum = accumulate ? 1.f : 0.f;
     // dinp[R,IC] = dout[R,OC] · W[OC,IC]
@@ -166,42 +144,30 @@ class OneDnnBackend final : public Backend {
     Key kw{OC, IC, R, 1, OC, IC, 1, IC, bf16(), false, sum};
     if (bf16()) {
       // dout to bf16 row by row, and the bias gradient from the row while it is in L1 (the
-      // same fp32 sums in the same order as the loop below).
+      // same fp32 sums in the same order as bias_grad).
       uint16_t* d16 = grow(L.a16, (size_t)R * OC);
       if (dbias && !accumulate) std::memset(dbias, 0, sizeof(float) * OC);
       for (int r = 0; r < R; ++r) {
         const float* d = dout + (size_t)r * OC;
         to_bf16(d16 + (size_t)r * OC, d, (size_t)OC);
-        if (dbias)
-          for (int o = 0; o < OC; ++o) dbias[o] += d[o];
+        if (dbias) bias_grad_rows(dbias, d, 1, OC);
       }
       if (dinp) run(L, kd, d16, weight16(weight, (size_t)OC * IC), nullptr, dinp);
-      if (!inp16) {
-        to_bf16(grow(L.b16, (size_t)R * IC), inp, (size_t)R * IC);
-        inp16 = L.b16.data();
-      }
-      run(L, kw, d16, inp16, nullptr, dweight);
+      run(L, kw, d16, input16(L.b16, inp, (size_t)R * IC), nullptr, dweight);
     } else {
-      if (dinp) run(L, kd, dout, weight, nullptr, dinp);
-      run(L, kw, dout, inp, nullptr, dweight);
-    }
-    if (dbias && !bf16()) {  // fp32, the same loop as the OpenBLAS backend (bf16: done above)
-      if (!accumulate) std::memset(dbias, 0, sizeof(float) * OC);
-      for (int r = 0; r < R; ++r) {
-        const float* d = dout + (size_t)r * OC;
-        for (int o = 0; o < OC; ++o) dbias[o] += d[o];
-      }
+      if (dinp) run(L, kd, dout, weight.data, nullptr, dinp);
+      run(L, kw, dout, inp.f32, nullptr, dweight);
+      if (dbias) bias_grad(dbias, dout, R, OC, accumulate);
     }
   }
 
-  void matvec_forward(float* out, const float* weight, const float* bias, const float* x, int IC, int row0,
-                      int row1) override {
+  void matvec_forward(float* out, Weight weight, Weight bias, const float* x, int IC, int row0, int row1) override {
     if (!bf16()) {
-      matvec_rows(out, weight, bias, x, IC, row0, row1);
+      matvec_rows(out, weight.data, bias.data, x, IC, row0, row1);
       return;
     }
-    // bf16 weights and x, fp32 sums: 16 lanes over i mod 16, then a fixed tree, so each
-    // row's arithmetic is the same whatever the range.
+    // bf16 weights and x, fp32 sums (lane_dot.h), so each row's arithmetic is the same
+    // whatever the range.
     Local& L = locals_.local();
     if (L.x.size() < (size_t)IC) L.x.resize(IC);
     uint16_t* x16 = grow(L.a16, (size_t)IC);
@@ -209,34 +175,9 @@ class OneDnnBackend final : public Backend {
     for (int i = 0; i < IC; ++i) L.x[i] = bf16_to_float(x16[i]);
     const uint16_t* W = weight16(weight, (size_t)row1 * IC);
     for (int o = row0; o < row1; ++o) {
-      const uint16_t* w = W + (size_t)o * IC;
-      float lane[16] = {};
-      int i = 0;
-      for (; i + 16 <= IC; i += 16)
-        for (int j = 0; j < 16; ++j) lane[j] += bf16_to_float(w[i + j]) * L.x[i + j];
-      for (int j = 0; i + j < IC; ++j) lane[j] += bf16_to_float(w[i + j]) * L.x[i + j];
-      for (int s = 8; s >= 1; s /= 2)
-        for (int j = 0; j < s; ++j) lane[j] += lane[j + s];
-      out[o] = bias ? lane[0] + bias[o] : lane[0];
+      const float dot = lane_dot(W + (size_t)o * IC, L.x.data(), IC);
+      out[o] = bias.data ? dot + bias.data[o] : dot;
     }
-  }
-
-  void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
-            float beta, float* C, int ldc) override {
-    Local& L = locals_.local();
-    Key k{M, N, K, trans_a ? 1 : lda, trans_a ? lda : 1, trans_b ? 1 : ldb, trans_b ? ldb : 1, ldc, bf16(), false,
-          beta};
-    if (!bf16()) {
-      run(L, k, A, B, nullptr, C);
-      return;
-    }
-    // Convert the stored rectangles (as the linear ops convert their inputs), keep the strides.
-    // Rows of A and B as stored (the last row need not be padded to the stride).
-    const size_t na = (size_t)((trans_a ? K : M) - 1) * lda + (trans_a ? M : K),
-                 nb = (size_t)((trans_b ? N : K) - 1) * ldb + (trans_b ? K : N);
-    to_bf16(grow(L.a16, na), A, na);
-    to_bf16(grow(L.b16, nb), B, nb);
-    run(L, k, L.a16.data(), L.b16.data(), nullptr, C);
   }
 
   // The implementation oneDNN picks for a product of this shape (tests and `info`).
@@ -254,11 +195,14 @@ class OneDnnBackend final : public Backend {
     return v.data();
   }
 
-  // The bf16 copy of a weight in the bound block.
-  const uint16_t* weight16(const float* w, size_t n) const {
-    if (!params_ || w < params_ || (size_t)(w - params_) + n > n_)
-      throw std::logic_error("onednn bf16 backend: a weight outside the bound parameter block (bind_weights first)");
-    return wb_.data() + (w - params_);
+  // The bf16 copy of a weight of the bound table.
+  const uint16_t* weight16(const Weight& w, size_t n) const { return wb_.data() + table_.offset_of(w, n); }
+
+  // The bf16 activation input: the model's copy, or n floats rounded into buf.
+  static const uint16_t* input16(std::vector<uint16_t>& buf, const LinearInput& in, size_t n) {
+    if (in.bf16) return in.bf16;
+    to_bf16(grow(buf, n), in.f32, n);
+    return buf.data();
   }
 
   Prim& prim(Local& L, const Key& k) {
@@ -301,31 +245,23 @@ class OneDnnBackend final : public Backend {
   Precision prec_;
   dnnl::engine eng_;
   tbb::enumerable_thread_specific<Local> locals_;
-  const float* params_ = nullptr;
-  size_t n_ = 0;
+  WeightTable table_;
   std::vector<uint16_t> wb_;  // bf16 copy of the bound block (bf16 only)
-  std::atomic<size_t> covered_{0};  // floats passed to weights_changed since bind_weights
 };
 
-}  // namespace
+std::unique_ptr<Backend> make_onednn(const BackendOptions& opt) { return std::make_unique<OneDnnBackend>(opt.precision); }
 
-std::unique_ptr<Backend> make_onednn_backend(const BackendOptions& opt) {
-  if (opt.precision == Precision::bf16) {
-    if (!cpu_has_amx_bf16())
-      throw std::runtime_error(
-          "--precision bf16 needs a CPU with AMX (amx_bf16, CPUID leaf 7 EDX bit 22) and this one has none; "
-          "without AMX, bf16 products are slower than fp32 here: use --precision fp32");
-    if (!onednn_can_use_amx())
-      throw std::runtime_error(std::string("--precision bf16: the CPU has AMX but oneDNN cannot use it (its ISA is ") +
-                               isa_name(dnnl::get_effective_cpu_isa()) +
-                               ": DNNL_MAX_CPU_ISA set lower, or the kernel refused AMX); use --precision fp32");
-  }
-  return std::make_unique<OneDnnBackend>(opt.precision);
-}
-
-std::string onednn_impl_name(Precision p, int M, int N, int K) {
-  OneDnnBackend be(p);
-  return be.impl_name(M, N, K);
+// bf16 is offered on AMX only: without it bf16 products are slower than fp32 here.
+std::string onednn_unavailable(const BackendOptions& opt) {
+  if (opt.precision != Precision::bf16) return "";
+  if (!cpu_has_amx_bf16())
+    return "--precision bf16 needs a CPU with AMX (amx_bf16, CPUID leaf 7 EDX bit 22) and this one has none; "
+           "without AMX, bf16 products are slower than fp32 here: use --precision fp32";
+  if (!onednn_can_use_amx())
+    return std::string("--precision bf16: the CPU has AMX but oneDNN cannot use it (its ISA is ") +
+           isa_name(dnnl::get_effective_cpu_isa()) +
+           ": DNNL_MAX_CPU_ISA set lower, or the kernel refused AMX); use --precision fp32";
+  return "";
 }
 
 std::string onednn_info() {
@@ -336,6 +272,23 @@ std::string onednn_info() {
   if (cpu_has_amx_bf16() && onednn_can_use_amx())
     s += "\nonednn bf16 matmul: " + onednn_impl_name(Precision::bf16, 128, 384, 128);
   return s;
+}
+
+}  // namespace
+
+BackendEntry onednn_entry() {
+  return {BackendKind::onednn, "onednn", precision_bit(Precision::fp32) | precision_bit(Precision::bf16), false,
+          onednn_unavailable, make_onednn, onednn_info};
+}
+
+bool onednn_has_bf16_kernels() {
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
+std::string onednn_impl_name(Precision p, int M, int N, int K) {
+  OneDnnBackend be(p);
+  return be.impl_name(M, N, K);
 }
 
 }  // namespace chargpt

@@ -28,54 +28,31 @@ void blas_single_threaded() {
   (void)once;
 }
 
+// The fp32 products on the host floats of the weights (their tensor index is not needed).
 class OpenBlasBackend final : public Backend {
  public:
   OpenBlasBackend() { blas_single_threaded(); }
   std::string name() const override { return "openblas fp32"; }
-  void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC,
-                      int OC) override {
-    matmul_forward(out, inp, weight, bias, R, IC, OC);
+  void linear_forward(float* out, LinearInput inp, Weight weight, Weight bias, int R, int IC, int OC) override {
+    if (bias.data) {
+      for (int r = 0; r < R; ++r) std::memcpy(out + (size_t)r * OC, bias.data, sizeof(float) * OC);
+    }
+    sgemm(false, true, R, OC, IC, 1.f, inp.f32, IC, weight.data, IC, bias.data ? 1.f : 0.f, out, OC);
   }
-  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                       const float* weight, int R, int IC, int OC, bool accumulate) override {
-    matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, IC, OC, accumulate);
+  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, LinearInput inp, Weight weight,
+                       int R, int IC, int OC, bool accumulate) override {
+    if (dinp) sgemm(false, false, R, IC, OC, 1.f, dout, OC, weight.data, IC, 0.f, dinp, IC);
+    sgemm(true, false, OC, IC, R, 1.f, dout, OC, inp.f32, IC, accumulate ? 1.f : 0.f, dweight, IC);
+    if (dbias) bias_grad(dbias, dout, R, OC, accumulate);
   }
-  void matvec_forward(float* out, const float* weight, const float* bias, const float* x, int IC, int row0,
-                      int row1) override {
-    matvec_rows(out, weight, bias, x, IC, row0, row1);
-  }
-  void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
-            float beta, float* C, int ldc) override {
-    sgemm(trans_a, trans_b, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
+  void matvec_forward(float* out, Weight weight, Weight bias, const float* x, int IC, int row0, int row1) override {
+    matvec_rows(out, weight.data, bias.data, x, IC, row0, row1);
   }
 };
 
-}  // namespace
+std::unique_ptr<Backend> make_openblas(const BackendOptions&) { return std::make_unique<OpenBlasBackend>(); }
 
-// The fp32 products of ops.h, on OpenBLAS.
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC, int OC) {
-  if (bias) {
-    for (int r = 0; r < R; ++r) std::memcpy(out + (size_t)r * OC, bias, sizeof(float) * OC);
-  }
-  sgemm(false, true, R, OC, IC, 1.f, inp, IC, weight, IC, bias ? 1.f : 0.f, out, OC);
-}
-
-void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int R, int IC, int OC, bool accumulate) {
-  if (dinp) sgemm(false, false, R, IC, OC, 1.f, dout, OC, weight, IC, 0.f, dinp, IC);
-  sgemm(true, false, OC, IC, R, 1.f, dout, OC, inp, IC, accumulate ? 1.f : 0.f, dweight, IC);
-  if (dbias) {
-    if (!accumulate) std::memset(dbias, 0, sizeof(float) * OC);
-    for (int r = 0; r < R; ++r) {
-      const float* d = dout + (size_t)r * OC;
-      for (int o = 0; o < OC; ++o) dbias[o] += d[o];
-    }
-  }
-}
-
-std::unique_ptr<Backend> make_openblas_backend(const BackendOptions&) { return std::make_unique<OpenBlasBackend>(); }
-
-std::string blas_core_name() { return openblas_get_corename(); }
+std::string openblas_available(const BackendOptions&) { return ""; }
 
 std::string openblas_info() {
   std::string s = "blas: ";  // the config string starts with "OpenBLAS <version>"
@@ -85,6 +62,15 @@ std::string openblas_info() {
   s += ")";
   return s;
 }
+
+}  // namespace
+
+BackendEntry openblas_entry() {
+  return {BackendKind::openblas, "openblas", precision_bit(Precision::fp32), false, openblas_available, make_openblas,
+          openblas_info};
+}
+
+std::string blas_core_name() { return openblas_get_corename(); }
 
 // Why: OpenBLAS reads OPENBLAS_NUM_THREADS when it loads and then starts a
 // thread per core that spins for a while even after openblas_set_num_threads(1),

@@ -111,7 +111,7 @@ DeviceTuning device_tuning_from_env();
 // difference over its timed steps. Sums over all lanes (threads): with several
 // lanes their streams overlap, so the phase sums can exceed the wall time.
 struct DeviceStats {
-  long calls = 0;               // linear_forward/backward and gemm calls
+  long calls = 0;               // linear_forward/backward calls
   double call_s = 0;            // host time inside those calls (sum over threads)
   double staging_s = 0;         // host time copying into and out of pinned staging (and bf16 conversion)
   double weight_upload_s = 0;   // host time of weight flushes (convert, upload, wait)
@@ -130,7 +130,7 @@ std::unique_ptr<Backend> make_device_backend(std::unique_ptr<Device> device, con
 bool device_stats(const Backend& be, DeviceStats* out);
 // The device's product-only FLOP rate: `reps` batches of 4 n×n×n products in the
 // backend's precision on device-resident operands, best batch (0 for another
-// backend). Backend::gemm's rate includes the host transfers.
+// backend). linear_forward's rate includes the host transfers.
 double device_product_flops(Backend& be, int n, int reps);
 
 }  // namespace chargpt

@@ -20,6 +20,7 @@
 #include "backend/backend.h"
 #include "backend/device_backend.h"
 #include "engine/memory.h"
+#include "ops/ops.h"
 #include "base/rng.h"
 #include "train/train.h"
 
@@ -38,34 +39,49 @@ std::vector<int> default_thread_counts(int hw) {
 // ---------------------------------------------------------------------------
 // sgemm rate
 
-// sgemm FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
-// sgemm calls in a task_arena(threads), each on its own matrices; best of reps.
+// Product FLOP rate (FLOP/s) of `threads` concurrent single-threaded n x n x n
+// products in a task_arena(threads), each on its own matrices; best of reps. They
+// run through the backend's linear_forward as the model's do: the weights bound
+// (one tensor per thread), the input's bf16 copy made beforehand where the backend
+// reads bf16, so the rate is the backend's own in its own precision.
 // That rate includes a device backend's host transfers: it goes to *io_rate, and
 // the device's product-only rate (device_product_flops) is returned instead.
 static double measure_sgemm_rate(const BackendOptions& bo, int threads, int n, int reps, double* io_rate) {
   const std::unique_ptr<Backend> backend = make_backend(bo);
   Backend& be = *backend;
   const size_t nn = (size_t)n * n;
+  FloatBuffer weights(nn * threads);
   struct Mats {
-    FloatBuffer a, b, c;
+    FloatBuffer a, c;
+    std::vector<uint16_t> a16;
   };
   std::vector<Mats> mats(threads);
+  WeightTable table{weights.data(), weights.size(), {}};
   Rng rng(42);
-  for (auto& m : mats) {
+  for (int t = 0; t < threads; ++t) {
+    Mats& m = mats[t];
     m.a.resize(nn);
-    m.b.resize(nn);
     m.c.resize(nn);
     for (size_t i = 0; i < nn; ++i) {
       m.a[i] = (float)(rng.below(2001)) * 1e-3f - 1.f;
-      m.b[i] = (float)(rng.below(2001)) * 1e-3f - 1.f;
+      weights[t * nn + i] = (float)(rng.below(2001)) * 1e-3f - 1.f;
     }
+    if (be.wants_bf16_inputs()) {
+      m.a16.resize(nn);
+      to_bf16(m.a16.data(), m.a.data(), nn);
+    }
+    table.tensors.push_back({t * nn, nn});
   }
+  be.bind_weights(table);
+  be.weights_changed(0, weights.size());
   ThreadPool pool(threads);
   double best = 1e300;
   for (int rep = 0; rep < std::max(reps, 1) + 1; ++rep) {  // the first rep warms up and is not counted
     const auto t0 = Clock::now();
     pool.for_each(threads, [&](size_t i) {
-      be.gemm(false, false, n, n, n, mats[i].a.data(), n, mats[i].b.data(), n, 0.f, mats[i].c.data(), n);
+      Mats& m = mats[i];
+      be.linear_forward(m.c.data(), {m.a.data(), m.a16.empty() ? nullptr : m.a16.data()},
+                        {weights.data() + i * nn, (int)i}, {}, n, n, n);
     });
     const double s = seconds_since(t0);
     if (rep > 0) best = std::min(best, s);

@@ -98,7 +98,7 @@ struct BenchRow {
   double tok_per_s = 0;
   double speedup = 0, efficiency = 0;
   // sgemm: the products alone (a device backend: device-resident operands);
-  // sgemm_io: through Backend::gemm, with a device's host transfers (= sgemm on the CPU).
+  // sgemm_io: through Backend::linear_forward, with a device's host transfers (= sgemm on the CPU).
   double model_flops_per_s = 0, sgemm_flops_per_s = 0, mfu = 0;
   double sgemm_io_flops_per_s = 0, mfu_io = 0;
   DeviceSplit device;

@@ -53,7 +53,7 @@ const BenchColumn kColumns[] = {
     {"other_cpu_pct", K::real, "%.1f", kCsv,
      [](const BenchRow& r) { return r.other_cpu_frac < 0 ? -1.0 : 100 * r.other_cpu_frac; }},
     {"other_cpu_frac", K::real, nullptr, kJson, [](const BenchRow& r) { return r.other_cpu_frac; }},
-    // The sgemm rate through Backend::gemm: with a device backend's host transfers (= sgemm on a CPU).
+    // The sgemm rate through Backend::linear_forward: with a device backend's host transfers (= sgemm on a CPU).
     {"sgemm_io_gflops", K::real, "%.3f", kCsv, [](const BenchRow& r) { return r.sgemm_io_flops_per_s / 1e9; }},
     {"sgemm_io_flops_per_s", K::real, nullptr, kJson, [](const BenchRow& r) { return r.sgemm_io_flops_per_s; }},
     {"mfu_io", K::real, "%.4f", kBoth, [](const BenchRow& r) { return r.mfu_io; }},

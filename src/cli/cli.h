@@ -169,7 +169,7 @@ struct BackendArgs {
 };
 
 // A backend of that choice, bound to a loaded model's parameters (eval, sample).
-std::unique_ptr<Backend> make_bound_backend(const BackendOptions& opt, const float* params, size_t n);
+std::unique_ptr<Backend> make_bound_backend(const BackendOptions& opt, const Config& cfg, const float* params);
 
 // Checks that the threads can be started (a pids or process limit), so that
 // failing to start one is an error message, not oneTBB's abort in a worker.

@@ -128,17 +128,16 @@ BackendOptions BackendArgs::resolve() const {
   } catch (const std::invalid_argument& e) {
     throw UsageError(std::string("--") + e.what());
   }
-  if (tf32 && b.kind != BackendKind::cuda) throw UsageError("--tf32 applies to --backend cuda only");
-  if (b.kind == BackendKind::openblas && b.precision != Precision::fp32)
-    throw UsageError("--precision bf16 needs --backend onednn (OpenBLAS runs fp32 only)");
   b.tf32 = tf32;
+  if (const std::string bad = backend_options_error(b); !bad.empty()) throw UsageError(bad);
   return b;
 }
 
-std::unique_ptr<Backend> make_bound_backend(const BackendOptions& opt, const float* params, size_t n) {
+std::unique_ptr<Backend> make_bound_backend(const BackendOptions& opt, const Config& cfg, const float* params) {
   std::unique_ptr<Backend> be = make_backend(opt);
-  be->bind_weights(params, n);
-  be->weights_changed(0, n);
+  const WeightTable table = weight_table(cfg, params);
+  be->bind_weights(table);
+  be->weights_changed(0, table.floats);
   return be;
 }
 

@@ -52,9 +52,9 @@ int cmd_eval(int argc, char** argv) {
   Model m = load_model(a.checkpoint);
   if (const std::string note = unverified_note(a.checkpoint, m); !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
   Dataset ds = load_dataset(a.data, &m.tok);
-  const std::unique_ptr<Backend> be = make_bound_backend(bo, m.params.data(), m.params.size());
+  const std::unique_ptr<Backend> be = make_bound_backend(bo, m.cfg, m.params.data());
   // Under mpirun the windows are split across the ranks; rank 0 prints.
-  EvalResult e = dist::evaluate_split(m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads, be.get());
+  EvalResult e = dist::evaluate_split(*be, m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads);
   if (!dist::is_root()) return 0;
   if (a.json) {
     std::cout << nlohmann::json{{"checkpoint", a.checkpoint}, {"split", a.split}, {"loss", e.loss},

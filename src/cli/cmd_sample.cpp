@@ -122,14 +122,13 @@ int cmd_sample(int argc, char** argv) {
                         4.0 * m.params.size(),
                     "lower --tokens");
   Sampler sampler(a.sampler.temperature, top_k, a.sampler.top_p, a.seed);
-  const std::unique_ptr<Backend> backend = make_bound_backend(bo, m.params.data(), m.params.size());
-  g.backend = backend.get();
+  const std::unique_ptr<Backend> backend = make_bound_backend(bo, m.cfg, m.params.data());
   const bool json_out = a.json;
 
   std::string text = utf8_encode(prompt_cps);
   if (!json_out) write_out(text);
   GenerateStats st;
-  generate(cfg, m.params.data(), prompt, sampler, g,
+  generate(*backend, cfg, m.params.data(), prompt, sampler, g,
            [&](int32_t id) {
              const std::string s = m.tok.decode(id);
              if (json_out) text += s;

@@ -131,7 +131,7 @@ class DataParallel {
 // evaluate_split (evaluate.h) with its tasks split across the ranks and the
 // per-task sums gathered and added in task order: the same result on every rank
 // and the same bits as one process.
-EvalResult evaluate_split(const Config& cfg, const float* params, const std::vector<int32_t>& split, int threads,
-                          Backend* backend = nullptr);
+EvalResult evaluate_split(Backend& be, const Config& cfg, const float* params, const std::vector<int32_t>& split,
+                          int threads);
 
 }  // namespace chargpt::dist

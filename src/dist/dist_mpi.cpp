@@ -308,9 +308,9 @@ std::string DataParallel::summary() const {
   return buf;
 }
 
-EvalResult evaluate_split(const Config& cfg, const float* params, const std::vector<int32_t>& split, int threads,
-                          Backend* backend) {
-  if (!g_initialized || g_size == 1) return chargpt::evaluate_split(cfg, params, split, threads, 8, backend);
+EvalResult evaluate_split(Backend& be, const Config& cfg, const float* params, const std::vector<int32_t>& split,
+                          int threads) {
+  if (!g_initialized || g_size == 1) return chargpt::evaluate_split(be, cfg, params, split, threads);
   const size_t tasks = eval_task_count(cfg, split.size());
   // Every rank must evaluate the same weights on the same split.
   uint64_t h[2] = {hash_bytes(params, num_params(cfg) * sizeof(float)),
@@ -331,8 +331,8 @@ EvalResult evaluate_split(const Config& cfg, const float* params, const std::vec
     counts[q] = to_int(tasks * (q + 1) / g_size, "evaluation tasks") - displs[q];
   }
   std::vector<double> sums(tasks);
-  evaluate_tasks(cfg, params, split, threads, displs[g_rank], displs[g_rank] + counts[g_rank],
-                 sums.data() + displs[g_rank], 8, backend);
+  evaluate_tasks(be, cfg, params, split, threads, displs[g_rank], displs[g_rank] + counts[g_rank],
+                 sums.data() + displs[g_rank]);
   MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, sums.data(), counts.data(), displs.data(), MPI_DOUBLE,
                  MPI_COMM_WORLD);
   double total = 0;

@@ -43,9 +43,9 @@ const Partition& DataParallel::partition() const { throw std::logic_error("DataP
 const CommStats& DataParallel::stats() const { throw std::logic_error("DataParallel: this build has no MPI"); }
 std::string DataParallel::summary() const { return ""; }
 
-EvalResult evaluate_split(const Config& cfg, const float* params, const std::vector<int32_t>& split, int threads,
-                          Backend* backend) {
-  return chargpt::evaluate_split(cfg, params, split, threads, 8, backend);
+EvalResult evaluate_split(Backend& be, const Config& cfg, const float* params, const std::vector<int32_t>& split,
+                          int threads) {
+  return chargpt::evaluate_split(be, cfg, params, split, threads);
 }
 
 }  // namespace chargpt::dist

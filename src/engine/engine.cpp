@@ -54,7 +54,7 @@ Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, u
   v_.resize(P);
   grad_.resize(P);
   param_view_ = param_views(cfg_, params_.data());
-  backend_->bind_weights(params_.data(), P);
+  backend_->bind_weights(weight_table(cfg_, params_.data()));
   shard_grads_.resize(n_shards_);
   for (auto& g : shard_grads_) {
     g.resize(P);

@@ -17,12 +17,11 @@ size_t eval_task_count(const Config& cfg, size_t split_size, int windows_per_tas
   return full_tasks + (n_targets % T > 0 ? 1 : 0);
 }
 
-void evaluate_tasks(const Config& cfg, const float* params, const std::vector<int32_t>& split, int threads, size_t k0,
-                    size_t k1, double* sums, int windows_per_task, Backend* backend) {
+void evaluate_tasks(Backend& be, const Config& cfg, const float* params, const std::vector<int32_t>& split,
+                    int threads, size_t k0, size_t k1, double* sums, int windows_per_task) {
   const size_t tasks = eval_task_count(cfg, split.size(), windows_per_task);
   if (k0 > k1 || k1 > tasks) throw std::logic_error("evaluate_tasks: task range out of bounds");
   if (k0 == k1) return;
-  Backend& be = backend ? *backend : cpu_backend();
   const int T = cfg.block_size;
   const size_t n_targets = split.size() - 1;
   const size_t n_full = n_targets / T;             // windows of exactly T targets
@@ -44,11 +43,11 @@ void evaluate_tasks(const Config& cfg, const float* params, const std::vector<in
   });
 }
 
-EvalResult evaluate_split(const Config& cfg, const float* params, const std::vector<int32_t>& split, int threads,
-                          int windows_per_task, Backend* backend) {
+EvalResult evaluate_split(Backend& be, const Config& cfg, const float* params, const std::vector<int32_t>& split,
+                          int threads, int windows_per_task) {
   const size_t tasks = eval_task_count(cfg, split.size(), windows_per_task);
   std::vector<double> sums(tasks);
-  evaluate_tasks(cfg, params, split, threads, 0, tasks, sums.data(), windows_per_task, backend);
+  evaluate_tasks(be, cfg, params, split, threads, 0, tasks, sums.data(), windows_per_task);
   double total = 0;
   for (double s : sums) total += s;  // fixed order: deterministic for any thread count
   const size_t n_targets = split.size() - 1;

@@ -46,6 +46,8 @@ std::vector<ParamSpec> param_specs(const Config& cfg) {
   add("transformer.wte.weight", {V, C});
   add("transformer.wpe.weight", {T, C});
   for (int l = 0; l < cfg.n_layer; ++l) {
+    if (specs.size() != (size_t)tensor_index(l, LayerTensor::ln1_w))
+      throw std::logic_error("param_specs: layer tensors out of tensor_index order");
     const std::string p = "transformer.h." + std::to_string(l) + ".";
     add(p + "ln_1.weight", {C});
     add(p + "ln_1.bias", {C});
@@ -82,6 +84,14 @@ size_t num_params(const Config& cfg) {
     throw std::overflow_error("the parameter count of n_layer " + std::to_string(cfg.n_layer) + ", n_embd " +
                               std::to_string(cfg.n_embd) + " overflows 64 bits");
   return (size_t)n;
+}
+
+WeightTable weight_table(const Config& cfg, const float* block) {
+  WeightTable t;
+  t.block = block;
+  for (const ParamSpec& s : param_specs(cfg)) t.tensors.push_back({s.offset, s.numel});
+  t.floats = t.tensors.back().offset + t.tensors.back().numel;
+  return t;
 }
 
 namespace {
@@ -204,17 +214,21 @@ double Activations::floats_needed(const Config& cfg, double N) {
   return used;
 }
 
-void Activations::enable_bf16() {
-  if (has_bf16()) return;
+void Activations::use_bf16(bool on) {
   const size_t RC = rows_ * C_, per_layer = 8 * RC;  // ln1, att_y, ln2: RC each; fc_gelu: 4 RC
-  mem16.assign(layers.size() * per_layer + RC, 0);
-  uint16_t* p = mem16.data();
+  if (on && mem16.empty()) mem16.assign(layers.size() * per_layer + RC, 0);
+  uint16_t* p = on ? mem16.data() : nullptr;
   for (auto& L : layers) {
-    L.ln1_16 = p, L.att_y16 = p + RC, L.ln2_16 = p + 2 * RC, L.fc_gelu16 = p + 3 * RC;
-    p += per_layer;
+    L.ln1_16 = p, L.att_y16 = p ? p + RC : p, L.ln2_16 = p ? p + 2 * RC : p, L.fc_gelu16 = p ? p + 3 * RC : p;
+    if (p) p += per_layer;
   }
   lnf16 = p;
 }
+
+namespace {
+// The handle of layer l's tensor t (its host floats p) for the backend.
+Weight weight(const float* p, int l, LayerTensor t) { return {p, tensor_index(l, t)}; }
+}  // namespace
 
 double gpt_forward(Backend& be, const Config& cfg, const ConstParamViews& P, Activations& a, const int32_t* inputs,
                    const int32_t* targets, int N, int t) {
@@ -223,35 +237,32 @@ double gpt_forward(Backend& be, const Config& cfg, const ConstParamViews& P, Act
   const int C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
   const int R = N * t;
   // A backend with bf16 products gets bf16 copies of their activation inputs, written by the
-  // ops that produce them (all null otherwise: the fp32 path is the same code as ever).
-  if (be.wants_bf16_inputs()) a.enable_bf16();
-  const bool b16 = be.wants_bf16_inputs() && a.has_bf16();
-  a.bf16_written = b16;
+  // ops that produce them (null otherwise: the fp32 path writes none).
+  a.use_bf16(be.wants_bf16_inputs());
   encoder_forward(a.encoded, inputs, P.wte, P.wpe, N, t, C);
   const float* x = a.encoded;
+  using T = LayerTensor;
   for (int l = 0; l < cfg.n_layer; ++l) {
     const ConstLayerParams& W = P.layers[l];
     Activations::Layer& A = a.layers[l];
-    uint16_t* ln1_16 = b16 ? A.ln1_16 : nullptr;
-    uint16_t* att_y16 = b16 ? A.att_y16 : nullptr;
-    uint16_t* ln2_16 = b16 ? A.ln2_16 : nullptr;
-    uint16_t* fc_gelu16 = b16 ? A.fc_gelu16 : nullptr;
-    layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, x, W.ln1_w, W.ln1_b, R, C, ln1_16);
-    be.linear_forward16(A.qkv, A.ln1, ln1_16, W.qkv_w, W.qkv_b, R, C, 3 * C);
+    layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, x, W.ln1_w, W.ln1_b, R, C, A.ln1_16);
+    be.linear_forward(A.qkv, {A.ln1, A.ln1_16}, weight(W.qkv_w, l, T::qkv_w), weight(W.qkv_b, l, T::qkv_b), R, C,
+                      3 * C);
     attention_forward(A.att_y, A.att_probs, a.att_scratch, A.qkv, N, t, C, NH);
-    if (att_y16) to_bf16(att_y16, A.att_y, (size_t)R * C);
-    be.linear_forward16(A.res_att, A.att_y, att_y16, W.attproj_w, W.attproj_b, R, C, C);
+    if (A.att_y16) to_bf16(A.att_y16, A.att_y, (size_t)R * C);
+    be.linear_forward(A.res_att, {A.att_y, A.att_y16}, weight(W.attproj_w, l, T::attproj_w),
+                      weight(W.attproj_b, l, T::attproj_b), R, C, C);
     residual_forward(A.res_att, A.res_att, x, (size_t)R * C);
-    layernorm_forward(A.ln2, A.ln2_mean, A.ln2_rstd, A.res_att, W.ln2_w, W.ln2_b, R, C, ln2_16);
-    be.linear_forward16(A.fc, A.ln2, ln2_16, W.fc_w, W.fc_b, R, C, 4 * C);
-    gelu_forward(A.fc_gelu, A.fc, (size_t)R * 4 * C, fc_gelu16);
-    be.linear_forward16(A.res_mlp, A.fc_gelu, fc_gelu16, W.fcproj_w, W.fcproj_b, R, 4 * C, C);
+    layernorm_forward(A.ln2, A.ln2_mean, A.ln2_rstd, A.res_att, W.ln2_w, W.ln2_b, R, C, A.ln2_16);
+    be.linear_forward(A.fc, {A.ln2, A.ln2_16}, weight(W.fc_w, l, T::fc_w), weight(W.fc_b, l, T::fc_b), R, C, 4 * C);
+    gelu_forward(A.fc_gelu, A.fc, (size_t)R * 4 * C, A.fc_gelu16);
+    be.linear_forward(A.res_mlp, {A.fc_gelu, A.fc_gelu16}, weight(W.fcproj_w, l, T::fcproj_w),
+                      weight(W.fcproj_b, l, T::fcproj_b), R, 4 * C, C);
     residual_forward(A.res_mlp, A.res_mlp, A.res_att, (size_t)R * C);
     x = A.res_mlp;
   }
-  uint16_t* lnf16 = b16 ? a.lnf16 : nullptr;
-  layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, P.lnf_w, P.lnf_b, R, C, lnf16);
-  be.linear_forward16(a.probs, a.lnf, lnf16, P.wte, nullptr, R, C, V);  // tied LM head
+  layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, P.lnf_w, P.lnf_b, R, C, a.lnf16);
+  be.linear_forward(a.probs, {a.lnf, a.lnf16}, {P.wte, kWteTensor}, {}, R, C, V);  // tied LM head
   if (!targets) return 0.0;
   softmax_crossentropy_forward(a.losses, a.probs, a.probs, targets, R, V);
   return loss_sum(a.losses, (size_t)R);
@@ -262,8 +273,6 @@ void gpt_backward(Backend& be, const Config& cfg, const ConstParamViews& P, cons
   const int C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
   const int R = N * t;
   const size_t RC = (size_t)R * C;
-  // The forward's bf16 copies (if it wrote them) serve the weight gradients' products.
-  const bool b16 = be.wants_bf16_inputs() && a.bf16_written;
   if (!accumulate) {
     // The matrices and biases are written by their first (only) linear_backward;
     // LayerNorm and wpe gradients are sums of += and start from zero here.
@@ -276,28 +285,30 @@ void gpt_backward(Backend& be, const Config& cfg, const ConstParamViews& P, cons
   float* d_logits = a.probs;  // in place
   softmax_crossentropy_backward(d_logits, a.probs, targets, dloss, R, V);
   // wte: the LM head's product first, so that it may overwrite; the encoder adds to it.
-  be.linear_backward16(a.d_c, G.wte, nullptr, d_logits, a.lnf, b16 ? a.lnf16 : nullptr, P.wte, R, C, V, accumulate);
+  // The activation inputs carry the forward's bf16 copies (null where it wrote none).
+  be.linear_backward(a.d_c, G.wte, nullptr, d_logits, {a.lnf, a.lnf16}, {P.wte, kWteTensor}, R, C, V, accumulate);
   const float* x_last = cfg.n_layer ? a.layers.back().res_mlp : a.encoded;
   fill_zero(a.d_res, RC);
   layernorm_backward(a.d_res, G.lnf_w, G.lnf_b, a.d_c, x_last, P.lnf_w, a.lnf_mean, a.lnf_rstd, R, C);
+  using T = LayerTensor;
   for (int l = cfg.n_layer - 1; l >= 0; --l) {
     const ConstLayerParams& W = P.layers[l];
     const LayerParams& dW = G.layers[l];
     Activations::Layer& A = a.layers[l];
     const float* x_in = l ? a.layers[l - 1].res_mlp : a.encoded;
     // MLP: res_mlp = res_att + fcproj(gelu(fc(ln2(res_att))))
-    be.linear_backward16(a.d_fc, dW.fcproj_w, dW.fcproj_b, a.d_res, A.fc_gelu, b16 ? A.fc_gelu16 : nullptr,
-                         W.fcproj_w, R, 4 * C, C, accumulate);
+    be.linear_backward(a.d_fc, dW.fcproj_w, dW.fcproj_b, a.d_res, {A.fc_gelu, A.fc_gelu16},
+                       weight(W.fcproj_w, l, T::fcproj_w), R, 4 * C, C, accumulate);
     gelu_backward(a.d_fc, A.fc, a.d_fc, (size_t)R * 4 * C);
-    be.linear_backward16(a.d_c, dW.fc_w, dW.fc_b, a.d_fc, A.ln2, b16 ? A.ln2_16 : nullptr, W.fc_w, R, C, 4 * C,
-                         accumulate);
+    be.linear_backward(a.d_c, dW.fc_w, dW.fc_b, a.d_fc, {A.ln2, A.ln2_16}, weight(W.fc_w, l, T::fc_w), R, C, 4 * C,
+                       accumulate);
     layernorm_backward(a.d_res, dW.ln2_w, dW.ln2_b, a.d_c, A.res_att, W.ln2_w, A.ln2_mean, A.ln2_rstd, R, C);
     // Attention: res_att = x_in + attproj(attention(qkv(ln1(x_in))))
-    be.linear_backward16(a.d_c, dW.attproj_w, dW.attproj_b, a.d_res, A.att_y, b16 ? A.att_y16 : nullptr, W.attproj_w,
-                         R, C, C, accumulate);
+    be.linear_backward(a.d_c, dW.attproj_w, dW.attproj_b, a.d_res, {A.att_y, A.att_y16},
+                       weight(W.attproj_w, l, T::attproj_w), R, C, C, accumulate);
     attention_backward(a.d_qkv, a.att_scratch, a.d_c, A.qkv, A.att_probs, N, t, C, NH);
-    be.linear_backward16(a.d_c, dW.qkv_w, dW.qkv_b, a.d_qkv, A.ln1, b16 ? A.ln1_16 : nullptr, W.qkv_w, R, C, 3 * C,
-                         accumulate);
+    be.linear_backward(a.d_c, dW.qkv_w, dW.qkv_b, a.d_qkv, {A.ln1, A.ln1_16}, weight(W.qkv_w, l, T::qkv_w), R, C,
+                       3 * C, accumulate);
     layernorm_backward(a.d_res, dW.ln1_w, dW.ln1_b, a.d_c, x_in, W.ln1_w, A.ln1_mean, A.ln1_rstd, R, C);
   }
   encoder_backward(G.wte, G.wpe, a.d_res, inputs, N, t, C);

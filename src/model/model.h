@@ -44,6 +44,15 @@ bool checked_num_params(const Config& cfg, uint64_t& out);
 // The same for a config that fits (throws std::overflow_error otherwise).
 size_t num_params(const Config& cfg);
 
+// A tensor's index in param_specs order, which is how a backend names a weight
+// (Weight::tensor): wte, wpe, then each layer's tensors in LayerParams order, then ln_f.
+enum class LayerTensor { ln1_w, ln1_b, qkv_w, qkv_b, attproj_w, attproj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b,
+                         count };
+constexpr int kWteTensor = 0;
+constexpr int tensor_index(int layer, LayerTensor t) { return 2 + layer * (int)LayerTensor::count + (int)t; }
+// The table a backend is bound to (Backend::bind_weights) for a parameter block of this config.
+WeightTable weight_table(const Config& cfg, const float* block);
+
 // Named views into a parameter block, or a gradient block of the same layout.
 // F = float: a block to write (parameters being updated, gradients); F = const
 // float: weights only read (a forward pass, sampling, evaluation).
@@ -100,7 +109,7 @@ struct Activations {
     float* fc;                         // [N,T,4C] before GELU
     float* fc_gelu;                    // [N,T,4C]
     float* res_mlp;                    // [N,T,C] residual after the MLP = the layer's output
-    // bf16 copies of the products' activation inputs (null until enable_bf16(); see
+    // bf16 copies of the products' activation inputs (null unless use_bf16(true); see
     // Backend::wants_bf16_inputs): = to_bf16 of ln1, att_y, ln2, fc_gelu.
     uint16_t *ln1_16 = nullptr, *att_y16 = nullptr, *ln2_16 = nullptr, *fc_gelu16 = nullptr;
   };
@@ -117,8 +126,7 @@ struct Activations {
   float* d_qkv;   // [N,T,3C]
   float* d_fc;    // [N,T,4C]
   float* att_scratch;  // one head's attention scratch (attention_scratch_floats)
-  uint16_t* lnf16 = nullptr;  // bf16 copy of lnf (enable_bf16)
-  bool bf16_written = false;  // the last gpt_forward wrote the bf16 copies (backward may read them)
+  uint16_t* lnf16 = nullptr;  // bf16 copy of lnf (use_bf16)
   std::vector<uint16_t> mem16;  // the bf16 copies' allocation
 
   Activations() = default;
@@ -126,9 +134,10 @@ struct Activations {
   // The floats the constructor allocates for max_batch sequences, in double (the
   // shapes' products may overflow size_t): the same layout, walked without allocating.
   static double floats_needed(const Config& cfg, double max_batch);
-  // Allocates the bf16 copies (once; gpt_forward calls it for a backend that wants them).
-  void enable_bf16();
-  bool has_bf16() const { return lnf16 != nullptr; }
+  // Points the bf16 copies at their allocation (made on first use) or, off, at null, so
+  // that the ops write no copy and the products get none. gpt_forward sets it from
+  // the backend; the backward reads the copies of the forward that ran before it.
+  void use_bf16(bool on);
   size_t bytes() const { return mem.size() * sizeof(float) + mem16.size() * sizeof(uint16_t); }
 
  private:

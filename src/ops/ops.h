@@ -28,15 +28,6 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int R, int C);
 
-// The fp32 products, implemented on OpenBLAS in backend_openblas.cpp; the model
-// reaches them through a Backend (backend.h), tests call them directly.
-// out[R,OC] = inp[R,IC] · weight[OC,IC]ᵀ + bias[OC] (bias may be null)
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int R, int IC, int OC);
-// dinp[R,IC] = dout · weight (skipped if null); dweight[OC,IC] += doutᵀ · inp; dbias[OC] += Σ_r dout (if non-null).
-// accumulate = false: dweight and dbias are written (=) instead, so they need no zeroing first.
-void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int R, int IC, int OC, bool accumulate = true);
-
 // Causal multi-head self-attention.
 // qkv[N,T,3C] holds q|k|v per position, heads of size C/NH inside each.
 // out[N,T,C]; att_probs[N,NH,T,T] = softmax(q·kᵀ/sqrt(hd)) with zeros above the diagonal;

@@ -17,7 +17,7 @@ ContextWindow::ContextWindow(int block_size_, int keep_) : block_size(block_size
                                 std::to_string(block_size));
 }
 
-std::vector<int32_t> generate(const Config& cfg, const float* params, const std::vector<int32_t>& prompt,
+std::vector<int32_t> generate(Backend& be, const Config& cfg, const float* params, const std::vector<int32_t>& prompt,
                               Sampler& sampler, const GenerateOptions& opt,
                               const std::function<void(int32_t)>& on_token, GenerateStats* stats) {
   if (prompt.empty()) throw std::invalid_argument("prompt is empty");
@@ -37,8 +37,8 @@ std::vector<int32_t> generate(const Config& cfg, const float* params, const std:
   }
   std::unique_ptr<KVCacheModel> kv;
   std::unique_ptr<UncachedModel> full;
-  if (opt.kv_cache) kv = std::make_unique<KVCacheModel>(cfg, params, opt.threads, opt.backend);
-  else full = std::make_unique<UncachedModel>(cfg, params, opt.backend);
+  if (opt.kv_cache) kv = std::make_unique<KVCacheModel>(be, cfg, params, opt.threads);
+  else full = std::make_unique<UncachedModel>(be, cfg, params);
 
   std::vector<int32_t> seq = prompt;
   seq.reserve(prompt.size() + opt.max_new_tokens);

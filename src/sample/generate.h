@@ -54,7 +54,6 @@ struct GenerateOptions {
   bool kv_cache = true;
   int threads = 0;  // 0 = all hardware threads (the uncached path runs gpt_forward on one)
   int keep = 0;     // ContextWindow::keep; 0 = block_size/2
-  Backend* backend = nullptr;  // null = OpenBLAS fp32; otherwise already bound to params
 };
 
 struct GenerateStats {
@@ -68,7 +67,8 @@ struct GenerateStats {
 
 // Generates opt.max_new_tokens tokens after `prompt` (non-empty), calling
 // on_token(id) after each (may be empty). Returns the new tokens.
-std::vector<int32_t> generate(const Config& cfg, const float* params, const std::vector<int32_t>& prompt,
+// be: bound to params by the caller when it keeps its own copy.
+std::vector<int32_t> generate(Backend& be, const Config& cfg, const float* params, const std::vector<int32_t>& prompt,
                               Sampler& sampler, const GenerateOptions& opt,
                               const std::function<void(int32_t)>& on_token = {}, GenerateStats* stats = nullptr);
 

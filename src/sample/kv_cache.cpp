@@ -29,8 +29,8 @@ constexpr long kParallelMacs = 24 * 1024;
 // ---------------------------------------------------------------------------
 // KVCacheModel
 
-KVCacheModel::KVCacheModel(const Config& cfg, const float* params, int threads, Backend* backend)
-    : cfg_(cfg), P_(param_views(cfg, params)), be_(backend ? *backend : cpu_backend()), pool_(threads) {
+KVCacheModel::KVCacheModel(Backend& be, const Config& cfg, const float* params, int threads)
+    : cfg_(cfg), P_(param_views(cfg, params)), be_(be), pool_(threads) {
   cfg_.validate();
   const size_t L = cfg.n_layer, T = cfg.block_size, C = cfg.n_embd;
   k_.resize(L * T * C);
@@ -114,7 +114,7 @@ void KVCacheModel::head_logits() {
   layernorm_forward(xn_.data(), stats_.data(), stats_.data() + 1, x_.data(), P_.lnf_w, P_.lnf_b, 1, C);
   const int blocks = (V + kRowsPerBlock - 1) / kRowsPerBlock;
   for_blocks(kSites * cfg_.n_layer, blocks, (long)V * C, [&](int blk) {  // tied LM head
-    be_.matvec_forward(logits_.data(), P_.wte, nullptr, xn_.data(), C, blk * kRowsPerBlock,
+    be_.matvec_forward(logits_.data(), {P_.wte, kWteTensor}, {}, xn_.data(), C, blk * kRowsPerBlock,
                        std::min(V, (blk + 1) * kRowsPerBlock));
   });
 }
@@ -125,8 +125,8 @@ void KVCacheModel::step_in_arena(int32_t token) {
   const int pos = len_;
 
   // Rows [0, OC) of one product, in fixed blocks, then GELU or + resid on the block.
-  auto matvec = [&](int site, float* out, const float* W, const float* b, const float* x, int IC, int OC,
-                    Epilogue ep, const float* resid) {
+  auto matvec = [&](int site, float* out, Weight W, Weight b, const float* x, int IC, int OC, Epilogue ep,
+                    const float* resid) {
     const int blocks = (OC + kRowsPerBlock - 1) / kRowsPerBlock;
     for_blocks(site, blocks, (long)IC * OC, [&](int blk) {
       const int o0 = blk * kRowsPerBlock, o1 = std::min(OC, o0 + kRowsPerBlock);
@@ -139,6 +139,7 @@ void KVCacheModel::step_in_arena(int32_t token) {
   float* x = x_.data();
   encoder_forward(x, &token, P_.wte, P_.wpe + (size_t)pos * C, 1, 1, C);
   const int n_ctx = pos + 1;
+  using LT = LayerTensor;
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const ConstLayerParams& W = P_.layers[l];
     const int site = kSites * l;
@@ -146,7 +147,8 @@ void KVCacheModel::step_in_arena(int32_t token) {
     float* Vc = v_.data() + l * T * C;
     // Attention: qkv of this position; its k and v join the cache.
     layernorm_forward(xn_.data(), stats_.data(), stats_.data() + 1, x, W.ln1_w, W.ln1_b, 1, C);
-    matvec(site, q_.data(), W.qkv_w, W.qkv_b, xn_.data(), C, 3 * C, Epilogue::None, nullptr);
+    matvec(site, q_.data(), {W.qkv_w, tensor_index(l, LT::qkv_w)}, {W.qkv_b, tensor_index(l, LT::qkv_b)}, xn_.data(),
+           C, 3 * C, Epilogue::None, nullptr);
     std::memcpy(K + (size_t)pos * C, q_.data() + C, C * sizeof(float));
     std::memcpy(Vc + (size_t)pos * C, q_.data() + 2 * C, C * sizeof(float));
     const size_t att_floats = attention_decode_scratch_floats(cfg_.block_size, hd);
@@ -154,11 +156,14 @@ void KVCacheModel::step_in_arena(int32_t token) {
       attention_head_decode(y_.data() + h * hd, att_.data() + h * att_floats, q_.data() + h * hd, K + h * hd,
                             Vc + h * hd, C, n_ctx, hd);
     });
-    matvec(site + 2, res_.data(), W.attproj_w, W.attproj_b, y_.data(), C, C, Epilogue::Residual, x);
+    matvec(site + 2, res_.data(), {W.attproj_w, tensor_index(l, LT::attproj_w)},
+           {W.attproj_b, tensor_index(l, LT::attproj_b)}, y_.data(), C, C, Epilogue::Residual, x);
     // MLP
     layernorm_forward(xn_.data(), stats_.data(), stats_.data() + 1, res_.data(), W.ln2_w, W.ln2_b, 1, C);
-    matvec(site + 3, h_.data(), W.fc_w, W.fc_b, xn_.data(), C, 4 * C, Epilogue::Gelu, nullptr);
-    matvec(site + 4, x, W.fcproj_w, W.fcproj_b, h_.data(), 4 * C, C, Epilogue::Residual, res_.data());
+    matvec(site + 3, h_.data(), {W.fc_w, tensor_index(l, LT::fc_w)}, {W.fc_b, tensor_index(l, LT::fc_b)}, xn_.data(),
+           C, 4 * C, Epilogue::Gelu, nullptr);
+    matvec(site + 4, x, {W.fcproj_w, tensor_index(l, LT::fcproj_w)}, {W.fcproj_b, tensor_index(l, LT::fcproj_b)},
+           h_.data(), 4 * C, C, Epilogue::Residual, res_.data());
   }
   head_logits();
 }
@@ -166,8 +171,8 @@ void KVCacheModel::step_in_arena(int32_t token) {
 // ---------------------------------------------------------------------------
 // UncachedModel
 
-UncachedModel::UncachedModel(const Config& cfg, const float* params, Backend* backend)
-    : cfg_(cfg), P_(param_views(cfg, params)), be_(backend ? *backend : cpu_backend()), acts_(cfg, 1) {
+UncachedModel::UncachedModel(Backend& be, const Config& cfg, const float* params)
+    : cfg_(cfg), P_(param_views(cfg, params)), be_(be), acts_(cfg, 1) {
   cfg_.validate();
 }
 

@@ -25,8 +25,8 @@ namespace chargpt {
 class KVCacheModel {
  public:
   // params: num_params(cfg) floats, not copied; must outlive this object. threads 0 = all.
-  // backend: null = the OpenBLAS fp32 one; otherwise bound to params by the caller.
-  KVCacheModel(const Config& cfg, const float* params, int threads = 1, Backend* backend = nullptr);
+  // be: bound to params (weight_table) by the caller when it keeps its own copy.
+  KVCacheModel(Backend& be, const Config& cfg, const float* params, int threads = 1);
   KVCacheModel(const KVCacheModel&) = delete;
   KVCacheModel& operator=(const KVCacheModel&) = delete;
 
@@ -63,7 +63,7 @@ class KVCacheModel {
 // The baseline: gpt_forward over the whole window for every token.
 class UncachedModel {
  public:
-  UncachedModel(const Config& cfg, const float* params, Backend* backend = nullptr);
+  UncachedModel(Backend& be, const Config& cfg, const float* params);
   // Logits [V] of the last position of tokens[0..n), 1 <= n <= block_size.
   const float* forward(const int32_t* tokens, int n);
 

@@ -9,6 +9,7 @@
 #include <tbb/parallel_for.h>
 
 #include "cuda_test_util.h"
+#include "recording_backend.h"
 
 using namespace chargpt;
 using namespace chargpt::cuda_test;
@@ -242,13 +243,11 @@ AllocCount engine_schedule(int threads, int steps) {
     Engine e(cfg, 6, 2, threads, 11, emulated_backend(log));  // 3 shards
     init_params(cfg, e.params(), 7);
     e.weights_loaded();  // after bind_weights: still one upload, not two
-    CHECK(e.backend().weight_syncs() == 0);  // lazy: nothing before the first product
-    CHECK(log.uploads_from(e.params(), e.num_params()) == 0);
+    CHECK(log.uploads_from(e.params(), e.num_params()) == 0);  // lazy: nothing before the first product
     for (int s = 1; s <= steps; ++s) {
       e.train_step(split, 1e-3f, 1.f, AdamW{});
       // The step's products used the weights uploaded before it (the first step:
       // the initial ones); its own update is uploaded before the next product.
-      CHECK(e.backend().weight_syncs() == (size_t)s);
       size_t floats = 0;
       CHECK(log.uploads_from(e.params(), e.num_params(), &floats) == (size_t)s);  // one copy per step
       CHECK(floats == (size_t)s * e.num_params());                                 // of the whole block
@@ -260,9 +259,8 @@ AllocCount engine_schedule(int threads, int steps) {
     CHECK(log.lanes <= threads);  // one per worker thread that ran a shard
     // An evaluation reads the weights of the last step: one more upload, then none.
     e.estimate_loss(split, 2, 99);
-    CHECK(e.backend().weight_syncs() == (size_t)steps + 1);
+    CHECK(log.uploads_from(e.params(), e.num_params()) == (size_t)steps + 1);
     e.estimate_loss(split, 2, 99);
-    CHECK(e.backend().weight_syncs() == (size_t)steps + 1);
     CHECK(log.uploads_from(e.params(), e.num_params()) == (size_t)steps + 1);
   }
   CHECK(log.live == 0);  // every device and pinned buffer freed with the backend
@@ -286,29 +284,32 @@ TEST_CASE("cuda upload schedule: the Engine uploads the weights once per optimiz
 TEST_CASE("cuda backend on an emulated device: linear products equal the CPU's") {
   DeviceLog log;
   auto be = emulated_backend(log);
-  Backend& cpu = cpu_backend();
+  Backend& cpu = test::openblas_backend();
   const int shapes[][3] = {{37, 50, 30}, {128, 128, 384}, {1, 31, 65}, {33, 96, 1}, {5, 1, 7}};
-  // One block holding the weights and biases of every shape, bound once.
-  size_t total = 0;
-  for (const auto& s : shapes) total += (size_t)s[1] * s[2] + s[2];
-  const auto params = random_vec(total, 1);
-  be->bind_weights(params.data(), params.size());
-  size_t off = 0;
+  WeightTable table;  // tensors 2i, 2i + 1: shape i's weight and bias
+  for (const auto& s : shapes) {
+    table.tensors.push_back({table.floats, (size_t)s[1] * s[2]});
+    table.tensors.push_back({table.floats + (size_t)s[1] * s[2], (size_t)s[2]});
+    table.floats += (size_t)s[1] * s[2] + s[2];
+  }
+  const auto params = random_vec(table.floats, 1);
+  table.block = params.data();
+  be->bind_weights(table);
   uint64_t seed = 10;
+  int t = 0;
   for (const auto& s : shapes) {
     const int R = s[0], IC = s[1], OC = s[2];
     CAPTURE(R);
     CAPTURE(IC);
     CAPTURE(OC);
-    const float* W = params.data() + off;
-    const float* b = W + (size_t)OC * IC;
-    off += (size_t)OC * IC + OC;
+    const Weight W{params.data() + table.tensors[t].offset, t}, b{params.data() + table.tensors[t + 1].offset, t + 1};
+    t += 2;
     const auto inp = random_vec((size_t)R * IC, seed++);
     const auto dout = random_vec((size_t)R * OC, seed++);
     for (bool bias : {false, true}) {
       std::vector<float> out_d((size_t)R * OC), out_c(out_d.size());
-      be->linear_forward(out_d.data(), inp.data(), W, bias ? b : nullptr, R, IC, OC);
-      cpu.linear_forward(out_c.data(), inp.data(), W, bias ? b : nullptr, R, IC, OC);
+      be->linear_forward(out_d.data(), {inp.data()}, W, bias ? b : Weight{}, R, IC, OC);
+      cpu.linear_forward(out_c.data(), {inp.data()}, W, bias ? b : Weight{}, R, IC, OC);
       CHECK(rel_err(out_d.data(), out_c.data(), out_c.size()) < 1e-6);
     }
     for (bool accumulate : {false, true})
@@ -322,9 +323,9 @@ TEST_CASE("cuda backend on an emulated device: linear products equal the CPU's")
           auto db_d = random_vec(OC, seed + 1), db_c = db_d;
           std::vector<float> di_d((size_t)R * IC, -7.f), di_c(di_d.size(), -7.f);
           be->linear_backward(want_dinp ? di_d.data() : nullptr, dw_d.data(), want_dbias ? db_d.data() : nullptr,
-                              dout.data(), inp.data(), W, R, IC, OC, accumulate);
+                              dout.data(), {inp.data()}, W, R, IC, OC, accumulate);
           cpu.linear_backward(want_dinp ? di_c.data() : nullptr, dw_c.data(), want_dbias ? db_c.data() : nullptr,
-                              dout.data(), inp.data(), W, R, IC, OC, accumulate);
+                              dout.data(), {inp.data()}, W, R, IC, OC, accumulate);
           CHECK(rel_err(dw_d.data(), dw_c.data(), dw_c.size()) < 1e-6);
           CHECK(rel_err(db_d.data(), db_c.data(), db_c.size()) < 1e-5);  // a sum of R terms in another order
           CHECK(rel_err(di_d.data(), di_c.data(), di_c.size()) < 1e-6);
@@ -333,38 +334,22 @@ TEST_CASE("cuda backend on an emulated device: linear products equal the CPU's")
   // The bias broadcasts and bias gradients ran exactly (never TF32); the rest may.
   CHECK(log.exact_gemms > 0);
   CHECK(log.exact_gemms < log.gemms);
-  CHECK(be->weight_syncs() == 1u);  // bound once, uploaded once
+  CHECK(log.uploads_from(params.data(), params.size()) == 1u);  // bound once, uploaded once
 }
 
-TEST_CASE("cuda backend on an emulated device: gemm on host arrays with transposes and strides") {
-  DeviceLog log;
-  auto be = emulated_backend(log);
-  int n = 0;
-  for (int ta = 0; ta < 2; ++ta)
-    for (int tb = 0; tb < 2; ++tb)
-      for (float beta : {0.f, 1.f}) {
-        const int M = 37, N = 50, K = 30, lda = (ta ? M : K) + 2, ldb = (tb ? K : N) + 1, ldc = N + 3;
-        const auto A = random_vec(ta ? span(K, M, lda) : span(M, K, lda), 3 + n);
-        const auto B = random_vec(tb ? span(N, K, ldb) : span(K, N, ldb), 4 + n);
-        auto C_d = random_vec(span(M, N, ldc), 5 + n++), C_c = C_d;
-        be->gemm(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C_d.data(), ldc);
-        row_major_ref(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C_c.data(), ldc);
-        CHECK(rel_err(C_d.data(), C_c.data(), C_c.size()) < 1e-6);  // the gaps between rows included
-      }
-  CHECK(n == 8);
-}
-
-TEST_CASE("cuda backend on an emulated device: a weight outside the bound block is an error") {
+TEST_CASE("cuda backend on an emulated device: a weight that is not the named tensor of the bound table is an error") {
   DeviceLog log;
   auto be = emulated_backend(log);
   std::vector<float> params(100, 0.5f), other(100, 0.5f), x(10, 1.f), out(10);
-  CHECK_THROWS_WITH_AS(be->linear_forward(out.data(), x.data(), params.data(), nullptr, 1, 10, 10),
-                       doctest::Contains("outside the bound parameter block"), std::logic_error);
-  be->bind_weights(params.data(), params.size());
-  CHECK_NOTHROW(be->linear_forward(out.data(), x.data(), params.data(), nullptr, 1, 10, 10));
+  CHECK_THROWS_WITH_AS(be->linear_forward(out.data(), {x.data()}, {params.data(), 0}, {}, 1, 10, 10),
+                       doctest::Contains("used before bind_weights"), std::logic_error);
+  be->bind_weights({params.data(), params.size(), {{0, 100}}});
+  CHECK_NOTHROW(be->linear_forward(out.data(), {x.data()}, {params.data(), 0}, {}, 1, 10, 10));
   CHECK(out[3] == doctest::Approx(5.f));
-  CHECK_THROWS_AS(be->linear_forward(out.data(), x.data(), other.data(), nullptr, 1, 10, 10), std::logic_error);
-  CHECK_THROWS_AS(be->linear_forward(out.data(), x.data(), params.data() + 1, nullptr, 1, 10, 10), std::logic_error);
+  CHECK_THROWS_AS(be->linear_forward(out.data(), {x.data()}, {other.data(), 0}, {}, 1, 10, 10), std::logic_error);
+  CHECK_THROWS_AS(be->linear_forward(out.data(), {x.data()}, {params.data() + 1, 0}, {}, 1, 10, 10),
+                  std::logic_error);
+  CHECK_THROWS_AS(be->linear_forward(out.data(), {x.data()}, {params.data(), 1}, {}, 1, 10, 10), std::logic_error);
   CHECK_THROWS_AS(be->weights_changed(0, 101), std::out_of_range);
 }
 

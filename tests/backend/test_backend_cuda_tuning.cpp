@@ -27,6 +27,9 @@ DeviceTuning tuning(DeviceTuning::InputCache cache, size_t chunk_bytes, bool tim
 
 using IC = DeviceTuning::InputCache;
 
+// A table of one tensor (index 0): all of w.
+WeightTable one_tensor(const std::vector<float>& w) { return {w.data(), w.size(), {{0, w.size()}}}; }
+
 }  // namespace
 
 TEST_CASE("cuda tests: rel_err fails on a NaN or an infinity in either array") {
@@ -79,7 +82,7 @@ TEST_CASE("cuda switches: input cache, chunked copies and timers change no bit o
   const double R = 2 * cfg.block_size, C = cfg.n_embd;
   const double saved = 2 * 3 * 4.0 * R * (cfg.n_layer * (3 * C + 4 * C) + C);  // bytes of the inputs not re-sent
   CHECK(s_off.bytes_up - s_on.bytes_up == doctest::Approx(saved));
-  CHECK_FALSE(device_stats(cpu_backend(), &s_on));
+  CHECK_FALSE(device_stats(test::openblas_backend(), &s_on));
 }
 
 TEST_CASE("cuda input cache: another lane's later forward of the same pointer, or another shape, is not used") {
@@ -87,29 +90,31 @@ TEST_CASE("cuda input cache: another lane's later forward of the same pointer, o
   auto be = emulated_backend(log, tuning(IC::on, 0, false));
   const int R = 16, IC_ = 24, OC = 8;
   const auto W = random_vec((size_t)OC * IC_, 1);
-  be->bind_weights(W.data(), W.size());
+  be->bind_weights(one_tensor(W));
   auto x = random_vec((size_t)R * IC_, 2);
   const auto x2 = random_vec((size_t)R * IC_, 3);
   const auto dout = random_vec((size_t)R * OC, 4);
   std::vector<float> out((size_t)R * OC), dw((size_t)OC * IC_), dw_ref(dw.size());
-  be->linear_forward(out.data(), x.data(), W.data(), nullptr, R, IC_, OC);  // this lane caches x
+  be->linear_forward(out.data(), {x.data()}, {W.data(), 0}, {}, R, IC_, OC);  // this lane caches x
   // Another thread (another lane) writes new content at the same address and runs its forward.
   std::thread([&] {
     std::copy(x2.begin(), x2.end(), x.begin());
     std::vector<float> o2(out.size());
-    be->linear_forward(o2.data(), x.data(), W.data(), nullptr, R, IC_, OC);
+    be->linear_forward(o2.data(), {x.data()}, {W.data(), 0}, {}, R, IC_, OC);
   }).join();
-  be->linear_backward(nullptr, dw.data(), nullptr, dout.data(), x.data(), W.data(), R, IC_, OC, false);
-  cpu_backend().linear_backward(nullptr, dw_ref.data(), nullptr, dout.data(), x2.data(), W.data(), R, IC_, OC, false);
+  be->linear_backward(nullptr, dw.data(), nullptr, dout.data(), {x.data()}, {W.data(), 0}, R, IC_, OC, false);
+  test::openblas_backend().linear_backward(nullptr, dw_ref.data(), nullptr, dout.data(), {x2.data()}, {W.data(), 0}, R,
+                                           IC_, OC, false);
   CHECK(rel_err(dw.data(), dw_ref.data(), dw.size()) < 1e-6);  // the new content, not this lane's stale copy
   DeviceStats s;
   REQUIRE(device_stats(*be, &s));
   CHECK(s.cache_hits == 0);
   CHECK(s.cache_misses == 1);
   // The same pointer with fewer rows: not the cached shape.
-  be->linear_forward(out.data(), x.data(), W.data(), nullptr, R, IC_, OC);
-  be->linear_backward(nullptr, dw.data(), nullptr, dout.data(), x.data(), W.data(), R / 2, IC_, OC, false);
-  cpu_backend().linear_backward(nullptr, dw_ref.data(), nullptr, dout.data(), x.data(), W.data(), R / 2, IC_, OC, false);
+  be->linear_forward(out.data(), {x.data()}, {W.data(), 0}, {}, R, IC_, OC);
+  be->linear_backward(nullptr, dw.data(), nullptr, dout.data(), {x.data()}, {W.data(), 0}, R / 2, IC_, OC, false);
+  test::openblas_backend().linear_backward(nullptr, dw_ref.data(), nullptr, dout.data(), {x.data()}, {W.data(), 0},
+                                           R / 2, IC_, OC, false);
   CHECK(rel_err(dw.data(), dw_ref.data(), dw.size()) < 1e-6);
   REQUIRE(device_stats(*be, &s));
   CHECK(s.cache_misses == 2);
@@ -120,14 +125,15 @@ TEST_CASE("cuda input cache: verify mode throws when the input changed between f
   auto be = emulated_backend(log, tuning(IC::verify, 0, false));
   const int R = 4, IC_ = 8, OC = 4;
   const auto W = random_vec((size_t)OC * IC_, 1);
-  be->bind_weights(W.data(), W.size());
+  be->bind_weights(one_tensor(W));
   auto x = random_vec((size_t)R * IC_, 2);
   const auto dout = random_vec((size_t)R * OC, 3);
   std::vector<float> out((size_t)R * OC), dw((size_t)OC * IC_);
-  be->linear_forward(out.data(), x.data(), W.data(), nullptr, R, IC_, OC);
-  CHECK_NOTHROW(be->linear_backward(nullptr, dw.data(), nullptr, dout.data(), x.data(), W.data(), R, IC_, OC, false));
+  be->linear_forward(out.data(), {x.data()}, {W.data(), 0}, {}, R, IC_, OC);
+  CHECK_NOTHROW(
+      be->linear_backward(nullptr, dw.data(), nullptr, dout.data(), {x.data()}, {W.data(), 0}, R, IC_, OC, false));
   x[5] += 1.f;
-  CHECK_THROWS_WITH_AS(be->linear_backward(nullptr, dw.data(), nullptr, dout.data(), x.data(), W.data(), R, IC_, OC, false),
+  CHECK_THROWS_WITH_AS(be->linear_backward(nullptr, dw.data(), nullptr, dout.data(), {x.data()}, {W.data(), 0}, R, IC_, OC, false),
                        doctest::Contains("changed between forward and backward"), std::logic_error);
 }
 
@@ -135,26 +141,26 @@ TEST_CASE("cuda backend bf16 on an emulated device: products equal the CPU's on 
   DeviceLog log;
   auto be = emulated_backend(log, tuning(IC::on, 1024, true, /*bf16=*/true));
   CHECK(be->wants_bf16_inputs());
-  Backend& cpu = cpu_backend();
+  Backend& cpu = test::openblas_backend();
   const int R = 37, IC_ = 50, OC = 30;
   auto params = random_vec((size_t)OC * IC_ + OC, 1);
-  be->bind_weights(params.data(), params.size());
-  const float* W = params.data();
-  const float* b = W + (size_t)OC * IC_;
-  const auto Wr = bf16_round(W, (size_t)OC * IC_);
+  be->bind_weights({params.data(), params.size(), {{0, (size_t)OC * IC_}, {(size_t)OC * IC_, (size_t)OC}}});
+  const Weight W{params.data(), 0}, b{params.data() + (size_t)OC * IC_, 1};
+  const auto Wr = bf16_round(W.data, (size_t)OC * IC_);
   const auto inp = random_vec((size_t)R * IC_, 2), dout = random_vec((size_t)R * OC, 3);
   const auto inp_r = bf16_round(inp.data(), inp.size()), dout_r = bf16_round(dout.data(), dout.size());
   std::vector<float> out_d((size_t)R * OC), out_c(out_d.size());
-  be->linear_forward(out_d.data(), inp.data(), W, b, R, IC_, OC);
-  cpu.linear_forward(out_c.data(), inp_r.data(), Wr.data(), b, R, IC_, OC);
+  be->linear_forward(out_d.data(), {inp.data()}, W, b, R, IC_, OC);
+  cpu.linear_forward(out_c.data(), {inp_r.data()}, {Wr.data()}, b, R, IC_, OC);
   CHECK(rel_err(out_d.data(), out_c.data(), out_c.size()) < 1e-6);
   for (bool accumulate : {false, true}) {
     auto dw_d = random_vec((size_t)OC * IC_, 5), dw_c = dw_d;
     auto db_d = random_vec(OC, 6), db_c = db_d;
     std::vector<float> di_d((size_t)R * IC_), di_c(di_d.size()), scratch(dw_d.size());
-    be->linear_backward(di_d.data(), dw_d.data(), db_d.data(), dout.data(), inp.data(), W, R, IC_, OC, accumulate);
-    cpu.linear_backward(di_c.data(), dw_c.data(), nullptr, dout_r.data(), inp_r.data(), Wr.data(), R, IC_, OC, accumulate);
-    cpu.linear_backward(nullptr, scratch.data(), db_c.data(), dout.data(), inp.data(), W, R, IC_, OC, accumulate);
+    be->linear_backward(di_d.data(), dw_d.data(), db_d.data(), dout.data(), {inp.data()}, W, R, IC_, OC, accumulate);
+    cpu.linear_backward(di_c.data(), dw_c.data(), nullptr, dout_r.data(), {inp_r.data()}, {Wr.data()}, R, IC_, OC,
+                        accumulate);
+    cpu.linear_backward(nullptr, scratch.data(), db_c.data(), dout.data(), {inp.data()}, W, R, IC_, OC, accumulate);
     CHECK(rel_err(di_d.data(), di_c.data(), di_c.size()) < 1e-6);
     CHECK(rel_err(dw_d.data(), dw_c.data(), dw_c.size()) < 1e-6);
     CHECK(rel_err(db_d.data(), db_c.data(), db_c.size()) < 1e-5);  // fp32 from the fp32 dout
@@ -190,7 +196,7 @@ TEST_CASE("cuda timers: stats split the calls' time and count the bytes, and the
   CHECK(s.weight_bytes_up == doctest::Approx(2.0 * 4 * e.num_params()));  // one upload per step
   CHECK(log.waits == log.records);  // every chunk's event waited for
   CHECK(device_product_flops(e.backend(), 64, 2) > 0);
-  CHECK(device_product_flops(cpu_backend(), 64, 2) == 0);
+  CHECK(device_product_flops(test::openblas_backend(), 64, 2) == 0);
 }
 
 TEST_CASE("cuda switches: CHARGPT_CUDA_* are read in one place and bad values name the variable") {
@@ -233,14 +239,14 @@ TEST_CASE("cuda errors: a weight upload that throws keeps its marks, so the retr
   const int R = 3, IC_ = 10, OC = 10;
   const auto W = random_vec((size_t)OC * IC_, 1), x = random_vec((size_t)R * IC_, 2);
   std::vector<float> out((size_t)R * OC), ref(out.size());
-  be->bind_weights(W.data(), W.size());
+  be->bind_weights(one_tensor(W));
   log.fail_upload_in = 1;  // the weights' upload
-  CHECK_THROWS_WITH_AS(be->linear_forward(out.data(), x.data(), W.data(), nullptr, R, IC_, OC),
+  CHECK_THROWS_WITH_AS(be->linear_forward(out.data(), {x.data()}, {W.data(), 0}, {}, R, IC_, OC),
                        doctest::Contains("upload failed"), std::runtime_error);
-  be->linear_forward(out.data(), x.data(), W.data(), nullptr, R, IC_, OC);
-  cpu_backend().linear_forward(ref.data(), x.data(), W.data(), nullptr, R, IC_, OC);
+  be->linear_forward(out.data(), {x.data()}, {W.data(), 0}, {}, R, IC_, OC);
+  test::openblas_backend().linear_forward(ref.data(), {x.data()}, {W.data(), 0}, {}, R, IC_, OC);
   CHECK(rel_err(out.data(), ref.data(), out.size()) < 1e-6);
-  CHECK(be->weight_syncs() == 1u);
+  CHECK(log.uploads_from(W.data(), W.size()) == 1u);  // the retry's, once
 }
 
 TEST_CASE("cuda errors: after a failed call, releasing prints nothing, otherwise only the first failure") {

@@ -1,7 +1,8 @@
-// The backend seam and the engine's phases: the fp32 backend is the reference
-// ops bit for bit, the phases over any split of their ranges are one step,
-// every product goes through the backend, and the weight hook covers every
-// parameter exactly once per optimizer step.
+// The backend choice and the engine's phases: names parse and a bad choice is one
+// clear error, the phases over any split of their ranges are one step, every
+// product goes through the backend naming a tensor of the bound table, and the
+// weight hook covers every parameter exactly once per optimizer step. (The
+// products themselves: tests/backend/test_conformance.cpp.)
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -12,89 +13,19 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/recording_backend.h"
 #include "engine/engine.h"
 #include "ops/ops.h"
 #include "base/rng.h"
 #include "support.h"
 
 using namespace chargpt;
-using chargpt::test::randn;
 
 namespace {
 
 bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
 
-// Forwards to the OpenBLAS backend and records what the engine asks of it.
-struct RecordingBackend final : Backend {
-  Backend& inner = cpu_backend();
-  const float* bound = nullptr;
-  size_t n = 0;
-  std::vector<int> covered;  // per float: how many times weights_changed covered it
-  size_t forwards = 0, backwards = 0;
-  std::string name() const override { return "recording"; }
-  void bind_weights(const float* params, size_t count) override {
-    bound = params;
-    n = count;
-    covered.assign(count, 0);
-  }
-  void weights_changed(size_t begin, size_t end) override {
-    for (size_t i = begin; i < end; ++i) __atomic_fetch_add(&covered[i], 1, __ATOMIC_RELAXED);
-  }
-  void linear_forward(float* out, const float* inp, const float* w, const float* b, int R, int IC, int OC) override {
-    CHECK((w >= bound && w < bound + n));  // weights always point into the bound block
-    __atomic_fetch_add(&forwards, 1, __ATOMIC_RELAXED);
-    inner.linear_forward(out, inp, w, b, R, IC, OC);
-  }
-  void linear_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w, int R,
-                       int IC, int OC, bool acc) override {
-    CHECK((w >= bound && w < bound + n));
-    __atomic_fetch_add(&backwards, 1, __ATOMIC_RELAXED);
-    inner.linear_backward(dinp, dw, db, dout, inp, w, R, IC, OC, acc);
-  }
-  void matvec_forward(float* out, const float* w, const float* b, const float* x, int IC, int r0, int r1) override {
-    inner.matvec_forward(out, w, b, x, IC, r0, r1);
-  }
-  void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta,
-            float* C, int ldc) override {
-    inner.gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
-  }
-};
-
 }  // namespace
-
-TEST_CASE("backend: the OpenBLAS fp32 backend is matmul_forward/backward and matvec_rows, bit for bit") {
-  Backend& be = cpu_backend();
-  CHECK(be.name() == "openblas fp32");
-  Rng rng(11);
-  const int R = 13, IC = 20, OC = 37;
-  const auto inp = randn(rng, (size_t)R * IC), w = randn(rng, (size_t)OC * IC, 0.3), b = randn(rng, OC);
-  const auto dout = randn(rng, (size_t)R * OC);
-  std::vector<float> out1((size_t)R * OC), out2(out1.size());
-  be.linear_forward(out1.data(), inp.data(), w.data(), b.data(), R, IC, OC);
-  matmul_forward(out2.data(), inp.data(), w.data(), b.data(), R, IC, OC);
-  CHECK(same_bits(out1.data(), out2.data(), out1.size()));
-  for (bool acc : {false, true}) {
-    std::vector<float> di1((size_t)R * IC), dw1((size_t)OC * IC, 0.5f), db1(OC, 0.25f);
-    std::vector<float> di2 = di1, dw2 = dw1, db2 = db1;
-    be.linear_backward(di1.data(), dw1.data(), db1.data(), dout.data(), inp.data(), w.data(), R, IC, OC, acc);
-    matmul_backward(di2.data(), dw2.data(), db2.data(), dout.data(), inp.data(), w.data(), R, IC, OC, acc);
-    CHECK(same_bits(di1.data(), di2.data(), di1.size()));
-    CHECK(same_bits(dw1.data(), dw2.data(), dw1.size()));
-    CHECK(same_bits(db1.data(), db2.data(), db1.size()));
-  }
-  std::vector<float> mv1(OC), mv2(OC);
-  be.matvec_forward(mv1.data(), w.data(), b.data(), inp.data(), IC, 0, OC);
-  matvec_rows(mv2.data(), w.data(), b.data(), inp.data(), IC, 0, OC);
-  CHECK(same_bits(mv1.data(), mv2.data(), OC));
-  // gemm: C = A·B (row-major) against a hand loop on small integers (exact in fp32).
-  const float A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, 0, -1, 2, 3, 1};  // A[2,3], B[3,2]
-  float C[4] = {100, 100, 100, 100};
-  be.gemm(false, false, 2, 2, 3, A, 3, B, 2, 0.f, C, 2);
-  CHECK(C[0] == 1 * 1 + 2 * -1 + 3 * 3);
-  CHECK(C[1] == 1 * 0 + 2 * 2 + 3 * 1);
-  CHECK(C[2] == 4 * 1 + 5 * -1 + 6 * 3);
-  CHECK(C[3] == 4 * 0 + 5 * 2 + 6 * 1);
-}
 
 TEST_CASE("backend: names parse, and an unusable choice is one clear error") {
   CHECK(parse_backend("openblas") == BackendKind::openblas);
@@ -104,8 +35,13 @@ TEST_CASE("backend: names parse, and an unusable choice is one clear error") {
   CHECK_THROWS_WITH_AS(parse_backend("mkl"), "backend 'mkl' is not one of: openblas, onednn, cuda",
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(parse_precision("fp16"), "precision 'fp16' is not one of: fp32, bf16", std::invalid_argument);
-  CHECK_THROWS_WITH_AS(make_backend({BackendKind::openblas, Precision::bf16, false}),
-                       "--precision bf16 needs --backend onednn (OpenBLAS runs fp32 only)", std::runtime_error);
+  const std::string bf16_on_openblas = backend_options_error({BackendKind::openblas, Precision::bf16, false});
+  CHECK(bf16_on_openblas.rfind("--precision bf16 is not offered by --backend openblas (with bf16: ", 0) == 0);
+  CHECK_THROWS_WITH_AS(make_backend({BackendKind::openblas, Precision::bf16, false}), bf16_on_openblas.c_str(),
+                       std::runtime_error);
+  CHECK(backend_options_error({BackendKind::openblas, Precision::fp32, true}).rfind(
+            "--tf32 does not apply to --backend openblas", 0) == 0);
+  CHECK(backend_options_error({}).empty());
   CHECK(backend_info().find("backends: openblas") != std::string::npos);
 }
 
@@ -151,11 +87,12 @@ TEST_CASE("engine: the phases over split ranges are one train_step, bit for bit"
 TEST_CASE("engine: every product goes through the backend and the weight hook covers each weight once a step") {
   const Config cfg = test::tiny_config(11);
   const auto split = test::random_tokens(500, cfg.vocab_size, 3);
-  auto rec = std::make_unique<RecordingBackend>();
-  RecordingBackend& r = *rec;
+  auto rec = std::make_unique<test::RecordingBackend>();
+  test::RecordingBackend& r = *rec;
   Engine e(cfg, 5, 2, 2, 7, std::move(rec));
-  REQUIRE(r.bound == e.params());
-  REQUIRE(r.n == e.num_params());
+  REQUIRE(r.table.block == e.params());
+  REQUIRE(r.table.floats == e.num_params());
+  REQUIRE(r.table.tensors.size() == param_specs(cfg).size());
   init_params(cfg, e.params(), 7);
   e.weights_loaded();
   AdamW opt;

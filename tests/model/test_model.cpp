@@ -36,8 +36,8 @@ struct TinyBatch {
   void gradient(FloatBuffer& grad, bool accumulate = true) {
     if (accumulate) grad.zero();
     const ParamViews pv = param_views(cfg, p.data());
-    gpt_forward(cpu_backend(), cfg, pv, acts, in.data(), tg.data(), N, t);
-    gpt_backward(cpu_backend(), cfg, pv, param_views(cfg, grad.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t),
+    gpt_forward(test::openblas_backend(), cfg, pv, acts, in.data(), tg.data(), N, t);
+    gpt_backward(test::openblas_backend(), cfg, pv, param_views(cfg, grad.data()), acts, in.data(), tg.data(), N, t, 1.f / (N * t),
                  accumulate);
   }
 };
@@ -101,7 +101,7 @@ TEST_CASE("model: fast float forward equals the double reference") {
   in = test::random_tokens(in.size(), cfg.vocab_size, 1);
   tg = test::random_tokens(tg.size(), cfg.vocab_size, 2);
   Activations acts(cfg, N);
-  const double fast = gpt_forward(cpu_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
+  const double fast = gpt_forward(test::openblas_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
   std::vector<double> pd(p.data(), p.data() + p.size());
   const double ref = test::ref_gpt_loss(cfg, pd, in.data(), tg.data(), N, t);
   CAPTURE(fast);
@@ -109,7 +109,7 @@ TEST_CASE("model: fast float forward equals the double reference") {
   CHECK(std::abs(fast - ref) < 1e-5 * std::max(1.0, std::abs(ref)));  // float vs double rounding
   // Shorter sequences (evaluation's last window) use the same weights, positions 0..t-1.
   const int t2 = 4;
-  const double fast2 = gpt_forward(cpu_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), 2, t2) / (2 * t2);
+  const double fast2 = gpt_forward(test::openblas_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), 2, t2) / (2 * t2);
   const double ref2 = test::ref_gpt_loss(cfg, pd, in.data(), tg.data(), 2, t2);
   CHECK(std::abs(fast2 - ref2) < 1e-5 * std::max(1.0, std::abs(ref2)));
 }
@@ -183,7 +183,7 @@ TEST_CASE("model: loss at initialisation is within 0.1 of ln(vocab)") {
   in = test::random_tokens(in.size(), cfg.vocab_size, 5);
   tg = test::random_tokens(tg.size(), cfg.vocab_size, 6);
   Activations acts(cfg, N);
-  const double loss = gpt_forward(cpu_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
+  const double loss = gpt_forward(test::openblas_backend(), cfg, param_views(cfg, p.data()), acts, in.data(), tg.data(), N, t) / (N * t);
   CAPTURE(loss);
   CHECK(std::abs(loss - std::log(65.0)) < 0.1);
 }

@@ -4,7 +4,8 @@
 //      including the += / = conventions and the aliasing modes ops.h allows,
 //   3. the reference backward (double) vs central differences of the reference forward.
 // Shapes are small and odd (so a wrong index or stride shows up), plus the product
-// shapes (C=128, T=64, NH=4, V=65) for matmul and attention.
+// shapes (C=128, T=64, NH=4, V=65) for matvec and attention. (The matrix products
+// are the backends': tests/backend/test_conformance.cpp.)
 //
 // Error measure, unless a check says otherwise: max_i |got_i - want_i| / max_i |want_i|
 // ("relative to the scale" of the array). A wrong index or stride gives an error of
@@ -257,82 +258,6 @@ struct MmShape {
 const MmShape kMmShapes[] = {{7, 12, 20}, {5, 3, 1}, {128, 128, 384}, {128, 128, 512},
                              {128, 512, 128}, {128, 128, 128}, {128, 128, 65}};
 }  // namespace
-
-TEST_CASE("op: matmul forward matches reference (with and without bias)") {
-  for (const MmShape& s : kMmShapes) {
-    CAPTURE(s.R);
-    CAPTURE(s.IC);
-    CAPTURE(s.OC);
-    Rng rng(301);
-    const VF inp = randn(rng, (size_t)s.R * s.IC), w = randn(rng, (size_t)s.OC * s.IC, 0.3);
-    const VF bias = randn(rng, s.OC, 2.0);
-    const double tol = kTolFloat;
-    for (bool with_bias : {true, false}) {
-      CAPTURE(with_bias);
-      VF out = nans((size_t)s.R * s.OC);  // garbage: out is written (=), not accumulated
-      matmul_forward(out.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, s.R, s.IC, s.OC);
-      VD ref(out.size());
-      const VD dbias = to_d(bias);
-      ref::matmul_forward(ref.data(), to_d(inp).data(), to_d(w).data(), with_bias ? dbias.data() : nullptr, s.R,
-                          s.IC, s.OC);
-      CHECK_CLOSE("matmul out", out, ref, tol);
-    }
-  }
-}
-
-TEST_CASE("op: matmul backward matches reference (dinp =, dweight/dbias += or =, null dinp/dbias)") {
-  for (const MmShape& s : kMmShapes) {
-    CAPTURE(s.R);
-    CAPTURE(s.IC);
-    CAPTURE(s.OC);
-    Rng rng(302);
-    const VF inp = randn(rng, (size_t)s.R * s.IC), w = randn(rng, (size_t)s.OC * s.IC, 0.3);
-    const VF dout = randn(rng, (size_t)s.R * s.OC);
-    const VF dw0 = randn(rng, w.size()), db0 = randn(rng, s.OC);  // pre-fill: += convention
-    const double tol = kTolFloat;
-
-    VD rdinp((size_t)s.R * s.IC), rdw = to_d(dw0), rdb = to_d(db0);
-    ref::matmul_backward(rdinp.data(), rdw.data(), rdb.data(), to_d(dout).data(), to_d(inp).data(), to_d(w).data(),
-                         s.R, s.IC, s.OC);
-
-    {  // dinp and dbias non-null
-      VF dinp = nans((size_t)s.R * s.IC);  // garbage: dinp is written (=)
-      VF dw = dw0, db = db0;
-      matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), s.R, s.IC, s.OC);
-      CHECK_CLOSE("matmul dinp", dinp, rdinp, tol);
-      CHECK_CLOSE("matmul dweight", dw, rdw, tol);
-      CHECK_CLOSE("matmul dbias", db, rdb, tol);
-    }
-    {  // dbias null (the LM head)
-      VF dinp = nans((size_t)s.R * s.IC), dw = dw0;
-      matmul_backward(dinp.data(), dw.data(), nullptr, dout.data(), inp.data(), w.data(), s.R, s.IC, s.OC);
-      CHECK_CLOSE("matmul dinp", dinp, rdinp, tol);
-      CHECK_CLOSE("matmul dweight", dw, rdw, tol);
-    }
-    {  // dinp null
-      VF dw = dw0, db = db0;
-      matmul_backward(nullptr, dw.data(), db.data(), dout.data(), inp.data(), w.data(), s.R, s.IC, s.OC);
-      CHECK_CLOSE("matmul dweight", dw, rdw, tol);
-      CHECK_CLOSE("matmul dbias", db, rdb, tol);
-    }
-    {  // dinp and dbias null
-      VF dw = dw0;
-      matmul_backward(nullptr, dw.data(), nullptr, dout.data(), inp.data(), w.data(), s.R, s.IC, s.OC);
-      CHECK_CLOSE("matmul dweight", dw, rdw, tol);
-    }
-    {  // accumulate = false: dweight and dbias written (=) over garbage
-      VD zdw(w.size(), 0.0), zdb(s.OC, 0.0);
-      ref::matmul_backward(rdinp.data(), zdw.data(), zdb.data(), to_d(dout).data(), to_d(inp).data(),
-                           to_d(w).data(), s.R, s.IC, s.OC);
-      VF dinp = nans((size_t)s.R * s.IC), dw = nans(w.size()), db = nans(s.OC);
-      matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), s.R, s.IC, s.OC,
-                      /*accumulate=*/false);
-      CHECK_CLOSE("matmul dinp", dinp, rdinp, tol);
-      CHECK_CLOSE("matmul dweight (=)", dw, zdw, tol);
-      CHECK_CLOSE("matmul dbias (=)", db, zdb, tol);
-    }
-  }
-}
 
 TEST_CASE("op: matmul reference backward vs central differences") {
   const int R = 7, IC = 12, OC = 20;
@@ -714,17 +639,6 @@ TEST_CASE("op: softmax_crossentropy reference backward vs central differences") 
 
 TEST_CASE("op: tolerances catch a wrong index") {
   Rng rng(801);
-  {  // matmul: two weight rows swapped
-    const int R = 7, IC = 12, OC = 20;
-    const VF inp = randn(rng, (size_t)R * IC), w = randn(rng, (size_t)OC * IC, 0.3);
-    VF out((size_t)R * OC);
-    matmul_forward(out.data(), inp.data(), w.data(), nullptr, R, IC, OC);
-    VD wd = to_d(w);
-    for (int i = 0; i < IC; ++i) std::swap(wd[3 * IC + i], wd[4 * IC + i]);
-    VD ref(out.size());
-    ref::matmul_forward(ref.data(), to_d(inp).data(), wd.data(), (const double*)nullptr, R, IC, OC);
-    CHECK(compare(out, ref).err > 100 * kTolFloat);
-  }
   {  // attention: heads of v read one column off
     const int N = 2, T = 9, C = 12, NH = 3;
     const VF qkv = randn(rng, (size_t)N * T * 3 * C, 1.5);

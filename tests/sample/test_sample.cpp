@@ -40,7 +40,7 @@ Config odd_config() { return {.vocab_size = 13, .block_size = 12, .n_layer = 2, 
 
 // Logits of the last position of a window by the batched forward.
 std::vector<float> full_logits(const Config& cfg, const float* params, const int32_t* tokens, int n) {
-  UncachedModel m(cfg, params);
+  UncachedModel m(test::openblas_backend(), cfg, params);
   const float* l = m.forward(tokens, n);
   return std::vector<float>(l, l + cfg.vocab_size);
 }
@@ -62,9 +62,9 @@ TEST_CASE("sample: cached step logits equal gpt_forward at every position of a w
   auto toks = random_tokens(T, V, 2);
   Activations acts(cfg, 1);
   ParamViews P = param_views(cfg, params.data());
-  gpt_forward(cpu_backend(), cfg, P, acts, toks.data(), nullptr, 1, T);  // logits of every position in acts.probs
+  gpt_forward(test::openblas_backend(), cfg, P, acts, toks.data(), nullptr, 1, T);  // logits of every position in acts.probs
   for (int threads : {1, 2}) {
-    KVCacheModel kv(cfg, params.data(), threads);
+    KVCacheModel kv(test::openblas_backend(), cfg, params.data(), threads);
     float worst = 0;
     for (int t = 0; t < T; ++t) {
       const float* l = t == 0 ? kv.prefill(toks.data(), 1) : kv.step(toks[t]);
@@ -75,7 +75,7 @@ TEST_CASE("sample: cached step logits equal gpt_forward at every position of a w
     CHECK_THROWS_AS(kv.step(0), std::logic_error);  // full: the window must move
   }
   // A batched prefill continues with steps just as well.
-  KVCacheModel kv(cfg, params.data(), 1);
+  KVCacheModel kv(test::openblas_backend(), cfg, params.data(), 1);
   const float* l = kv.prefill(toks.data(), 5);
   CHECK(max_abs_diff(l, acts.probs + 4 * V, V) <= kLogitTol);
   for (int t = 5; t < T; ++t) {
@@ -93,7 +93,7 @@ TEST_CASE("sample: cached logits equal the cropped full forward past block_size 
     CAPTURE(keep);
     ContextWindow win(T, keep);
     const int K = win.keep;
-    KVCacheModel kv(cfg, params.data(), 2);
+    KVCacheModel kv(test::openblas_backend(), cfg, params.data(), 2);
     float worst = 0;
     int rebuilds = 0;
     for (int n = 1; n <= (int)seq.size(); ++n) {
@@ -147,9 +147,9 @@ TEST_CASE("sample: greedy cached == uncached for 3*block_size tokens (random ini
     opt.threads = 2;
     Sampler s1(0.f, 0, 1.f, 1), s2(0.f, 0, 1.f, 1);
     GenerateStats st;
-    auto cached = generate(cfg, params.data(), prompt, s1, opt, {}, &st);
+    auto cached = generate(test::openblas_backend(), cfg, params.data(), prompt, s1, opt, {}, &st);
     opt.kv_cache = false;
-    auto uncached = generate(cfg, params.data(), prompt, s2, opt);
+    auto uncached = generate(test::openblas_backend(), cfg, params.data(), prompt, s2, opt);
     CHECK(cached.size() == (size_t)opt.max_new_tokens);
     CHECK(cached == uncached);
     CHECK(st.new_tokens == opt.max_new_tokens);
@@ -289,7 +289,7 @@ TEST_CASE("sample: same tokens and bit-identical logits for 1, 2 and 3 threads")
   std::vector<std::vector<int32_t>> texts;
   tbb::global_control allow(tbb::global_control::max_allowed_parallelism, 3);  // even on fewer cores
   for (int threads : {1, 2, 3}) {
-    KVCacheModel kv(cfg, params.data(), threads);
+    KVCacheModel kv(test::openblas_backend(), cfg, params.data(), threads);
     CHECK(kv.threads() == threads);
     std::vector<float> all;
     for (int t = 0; t < cfg.block_size; ++t) {
@@ -305,7 +305,7 @@ TEST_CASE("sample: same tokens and bit-identical logits for 1, 2 and 3 threads")
     opt.max_new_tokens = 2 * cfg.block_size + 10;
     opt.threads = threads;
     Sampler s(0.9f, 10, 0.95f, 77);
-    texts.push_back(generate(cfg, params.data(), {1, 2, 3, 4}, s, opt));
+    texts.push_back(generate(test::openblas_backend(), cfg, params.data(), {1, 2, 3, 4}, s, opt));
   }
   for (int i = 1; i < 3; ++i) {
     CHECK(std::memcmp(logits[0].data(), logits[i].data(), logits[0].size() * sizeof(float)) == 0);
@@ -369,7 +369,7 @@ std::string greedy(const Model& m, const std::string& prompt, int n, bool kv_cac
   opt.max_new_tokens = n;
   opt.kv_cache = kv_cache;
   opt.threads = threads;
-  auto out = generate(m.cfg, m.params.data(), m.tok.encode(utf8_decode(prompt)), s, opt);
+  auto out = generate(test::openblas_backend(), m.cfg, m.params.data(), m.tok.encode(utf8_decode(prompt)), s, opt);
   return m.tok.decode(out);
 }
 

@@ -127,8 +127,8 @@ TEST_CASE("eval: exact split loss counts every target once, for any thread count
   train(o, std::cout);
   const Model m = load_model(o.out_path);
   const Dataset d = load_dataset(corpus_file(), &m.tok);
-  const EvalResult a = evaluate_split(m.cfg, m.params.data(), d.val, 1, 3);
-  const EvalResult b = evaluate_split(m.cfg, m.params.data(), d.val, 3, 3);
+  const EvalResult a = evaluate_split(test::openblas_backend(), m.cfg, m.params.data(), d.val, 1, 3);
+  const EvalResult b = evaluate_split(test::openblas_backend(), m.cfg, m.params.data(), d.val, 3, 3);
   CHECK(a.tokens == d.val.size() - 1);
   CHECK(a.loss == b.loss);  // bit-identical
   // Brute force: one window at a time.
@@ -139,7 +139,7 @@ TEST_CASE("eval: exact split loss counts every target once, for any thread count
   size_t count = 0;
   for (size_t s = 0; s + 1 < d.val.size(); s += T) {
     const int t = (int)std::min<size_t>(T, d.val.size() - 1 - s);
-    sum += gpt_forward(cpu_backend(), m.cfg, pv, acts, &d.val[s], &d.val[s + 1], 1, t);
+    sum += gpt_forward(test::openblas_backend(), m.cfg, pv, acts, &d.val[s], &d.val[s + 1], 1, t);
     count += t;
   }
   CHECK(count == a.tokens);
