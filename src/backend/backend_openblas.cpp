@@ -83,10 +83,15 @@ bool configure_blas_environment() {
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
     changed = true;
   }
-  if (!std::getenv("OPENBLAS_CORETYPE") && cpu_features().avx512f) {
+  // Any AVX-512 (F+BW) CPU this OpenBLAS does not name as SkylakeX gets its SkylakeX kernels:
+  // 0.3.21 calls Zen 4 "Zen" and Sapphire Rapids "Haswell" or "Cooperlake", and a virtual
+  // machine whose CPUID hides the model (a generic "Intel Xeon Processor") "Prescott", whose
+  // SSE3 kernels ran the bench's sgemm at 18 GFLOP/s a core there.
+  const CpuFeatures& cpu = cpu_features();
+  if (!std::getenv("OPENBLAS_CORETYPE") && cpu.avx512f && cpu.avx512bw) {
     std::string core = openblas_get_corename();
     for (char& c : core) c = (char)std::tolower((unsigned char)c);
-    if (core == "cooperlake" || core == "haswell" || core == "zen") {
+    if (core != "skylakex") {
       setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
       changed = true;
     }
