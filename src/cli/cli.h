@@ -138,7 +138,10 @@ bool parse_args(Args& args, cxxopts::Options& o, int argc, char** argv) {
   } catch (const cxxopts::exceptions::exception& e) {
     throw UsageError(e.what());
   }
-  if (!r.unmatched().empty()) throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
+  if (!r.unmatched().empty()) {
+    args.for_each(ReadOptions{r, names});  // a flag missing its value ("--prompt --tokens 5") explains the stray one
+    throw UsageError("unexpected argument '" + r.unmatched().front() + "'");
+  }
   if (r.count("help")) {
     print_help(o);
     return false;
@@ -175,11 +178,16 @@ std::unique_ptr<Backend> make_bound_backend(const BackendOptions& opt, const Con
 // failing to start one is an error message, not oneTBB's abort in a worker.
 void check_threads_can_start(int threads);
 
-// Set by main's SIGINT/SIGTERM handler: the signal that asked to stop (0 = none).
+// Set by main's SIGINT/SIGTERM/SIGHUP handler: the signal that asked to stop (0 = none).
 int stop_signal();
 // Installs the handlers: the first signal asks train to save at the end of the
-// step and stop; a second one exits at once with 128 + signal.
+// step and stop; a second one exits at once with 128 + signal, and so does the
+// first when no step has ended within the grace period after it (a step stuck
+// in a library must not make the process unkillable short of kill -9).
 void install_stop_handlers();
+// Called at the end of every step: the grace period after a signal is a
+// minute plus four times the longest step so far (a save included).
+void note_step_ended();
 
 int cmd_train(int argc, char** argv);   // src/cmd_train.cpp
 int cmd_eval(int argc, char** argv);    // src/cmd_eval.cpp

@@ -12,6 +12,7 @@
 #include <cxxopts.hpp>
 #include <tbb/info.h>
 
+#include "engine/memory.h"
 #include "train/train.h"
 #include "cli/cli.h"
 
@@ -90,6 +91,7 @@ void print_help(cxxopts::Options& o) { std::cout << o.help() << std::flush; }
 
 void check_threads_can_start(int threads) {
   const int n = threads > 0 ? threads : tbb::info::default_concurrency();
+  check_address_space("running " + std::to_string(n) + " threads", 0, n);
   std::mutex mu;
   std::condition_variable cv;
   bool release = false;

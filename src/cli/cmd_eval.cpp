@@ -1,5 +1,7 @@
 // chargpt eval: exact mean loss of a checkpoint over a whole data split.
+#include <cmath>
 #include <cstdio>
+#include <stdexcept>
 #include <iostream>
 #include <string>
 
@@ -56,6 +58,10 @@ int cmd_eval(int argc, char** argv) {
   // Under mpirun the windows are split across the ranks; rank 0 prints.
   EvalResult e = dist::evaluate_split(*be, m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads);
   if (!dist::is_root()) return 0;
+  if (!std::isfinite(e.loss))
+    throw std::runtime_error("the " + a.split + " loss of '" + a.checkpoint + "' is not finite (" +
+                             std::to_string(e.loss) +
+                             "): its weights are finite but so large that the model's arithmetic overflows");
   if (a.json) {
     std::cout << nlohmann::json{{"checkpoint", a.checkpoint}, {"split", a.split}, {"loss", e.loss},
                                 {"tokens", e.tokens}}.dump()

@@ -48,7 +48,10 @@ int cmd_train(int argc, char** argv) {
   if (!parse_args(a, o, argc, argv)) return 0;
   TrainOptions& t = a.t;
   t.backend = a.backend.resolve();
-  t.should_stop = [] { return stop_signal() != 0; };
+  t.should_stop = [] {
+    note_step_ended();
+    return stop_signal() != 0;
+  };
   check_threads_can_start(t.threads);
   const TrainResult res = train(t, std::cout);
   return res.interrupted ? 128 + stop_signal() : 0;

@@ -1,11 +1,14 @@
 // chargpt: the command line. Library code throws; only this file decides exit codes:
 // 0 success, 1 runtime error (bad file, bad data, non-finite loss), 2 bad usage,
-// 128 + signal when train was stopped by SIGINT (130) or SIGTERM (143) after saving.
+// 128 + signal when train was stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129).
+#include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -19,17 +22,43 @@ using namespace chargpt;
 
 namespace {
 
-std::atomic<int> g_signals{0};      // SIGINT/SIGTERM received so far
+// OpenBLAS starts a thread per core in its constructor, before main (and
+// before main re-executes with OPENBLAS_NUM_THREADS=1). Under a process limit
+// (prlimit --nproc) it cannot, and raises SIGINT, which would end the process
+// with no word of ours. The executable's preinit functions run before any
+// shared library's constructor (too early to change the environment, which
+// libc sets up after them): catch that SIGINT there, and let main decide.
+volatile sig_atomic_t g_sigint_before_main = 0;
+void on_sigint_before_main(int) { g_sigint_before_main = 1; }
+void catch_sigint_before_libraries(int, char**, char**) {
+  struct sigaction sa{};
+  sa.sa_handler = on_sigint_before_main;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+}
+[[gnu::section(".preinit_array"), gnu::used]] void (*const preinit_catch_sigint)(int, char**, char**) =
+    catch_sigint_before_libraries;
+
+std::atomic<int> g_signals{0};      // SIGINT/SIGTERM/SIGHUP received so far
 std::atomic<int> g_stop_signal{0};  // the first of them
+std::atomic<int> g_grace_s{60};     // see note_step_ended
 const char* g_command = "";
+
+void say(const char* msg) { (void)!write(STDERR_FILENO, msg, std::strlen(msg)); }
+
+void on_grace_expired(int) {
+  say("\nno step ended within the grace period after the signal: quitting without saving (the last checkpoint on "
+      "disk stands)\n");
+  _exit(128 + g_stop_signal.load());
+}
 
 void on_stop_signal(int sig) {
   if (g_signals.fetch_add(1) >= 1) _exit(128 + sig);  // the second signal: leave at once
   g_stop_signal.store(sig);
-  static const char int_msg[] = "\nCtrl-C: finishing this step and saving (Ctrl-C again to quit now)\n";
-  static const char term_msg[] = "\nSIGTERM: finishing this step and saving (a second signal quits now)\n";
-  if (sig == SIGINT) (void)!write(STDERR_FILENO, int_msg, sizeof int_msg - 1);
-  else (void)!write(STDERR_FILENO, term_msg, sizeof term_msg - 1);
+  alarm((unsigned)g_grace_s.load());
+  say(sig == SIGINT    ? "\nCtrl-C: finishing this step and saving (Ctrl-C again to quit now)\n"
+      : sig == SIGTERM ? "\nSIGTERM: finishing this step and saving (a second signal quits now)\n"
+                       : "\nSIGHUP: finishing this step and saving (a second signal quits now)\n");
 }
 
 // An exception that escapes a thread of oneTBB's (pthread_create failing in a
@@ -77,14 +106,37 @@ void install_stop_handlers() {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);  // a closed terminal or ssh session: save like the others
+  sa.sa_handler = on_grace_expired;
+  sigaction(SIGALRM, &sa, nullptr);
+}
+
+void note_step_ended() {
+  using Clock = std::chrono::steady_clock;
+  static Clock::time_point last = Clock::now();
+  static double longest = 0;
+  const Clock::time_point now = Clock::now();
+  longest = std::max(longest, std::chrono::duration<double>(now - last).count());
+  last = now;
+  g_grace_s.store((int)std::min(3600.0, 60 + 4 * longest));
 }
 
 }  // namespace chargpt
 
 int main(int argc, char** argv) {
+  signal(SIGINT, SIG_DFL);
   // BLAS settings are read when the library loads: re-execute once with them set
-  // (returns only on failure: then carry on as we are).
+  // (returns only on failure: then carry on as we are). The new process starts
+  // OpenBLAS single-threaded, so a limit on threads is met by our own check.
   if (configure_blas_environment()) execv("/proc/self/exe", argv);
+  if (g_sigint_before_main) {
+    std::fprintf(stderr,
+                 "chargpt: error: OpenBLAS could not start its threads (OPENBLAS_NUM_THREADS=%s): a limit on "
+                 "processes/threads (ulimit -u, a cgroup's pids.max) is in the way: set OPENBLAS_NUM_THREADS=1 or "
+                 "raise the limit\n",
+                 std::getenv("OPENBLAS_NUM_THREADS") ? std::getenv("OPENBLAS_NUM_THREADS") : "unset");
+    return 1;
+  }
   std::set_terminate(on_terminate);
   dist::Session mpi(&argc, &argv);  // MPI_Init under mpirun (dist.h); a no-op otherwise
   if (argc < 2) {

@@ -243,6 +243,12 @@ double DataParallel::train_step(const std::vector<int32_t>& split, float lr, flo
   for (int q = 0; q < d.R; ++q)
     if (q != d.me && d.float_counts[q] > 0)
       e.backend().weights_changed(p.float_begin[q], p.float_begin[q + 1]);
+  try {
+    e.check_weights_finite();  // every rank holds all the weights now: the same verdict everywhere
+  } catch (const std::runtime_error&) {
+    note_agreed_failure();
+    throw;
+  }
   e.finish_step();
 
   d.st.steps++;

@@ -1,6 +1,8 @@
 #include "engine/engine.h"
 
+#include <bit>
 #include <chrono>
+#include <cstdint>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -144,6 +146,31 @@ float clip_scale(double loss, double norm, float grad_clip, int64_t step) {
   return (grad_clip > 0 && norm > grad_clip) ? (float)(grad_clip / norm) : 1.f;
 }
 
+// True when no float of x is NaN or infinite (all exponent bits set), as an
+// integer OR over the bits, which vectorizes.
+static bool all_finite(const float* x, size_t n) {
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad |= (std::bit_cast<uint32_t>(x[i]) & 0x7f800000u) == 0x7f800000u;
+  return !bad;
+}
+
+void Engine::check_weights_finite() {
+  // The step's result, not only its inputs: a finite loss and gradient can
+  // still give weights that overflow (a huge --lr or weight decay, bad moments).
+  std::vector<char> ok(chunks_.size());
+  pool_.for_each(chunks_.size(), [&](size_t c) {
+    ok[c] = all_finite(params_.data() + chunks_[c].begin, chunks_[c].end - chunks_[c].begin);
+  });
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    if (ok[c]) continue;
+    std::string name = "?";
+    for (const auto& s : param_specs(cfg_))
+      if (chunks_[c].begin >= s.offset && chunks_[c].begin < s.offset + s.numel) name = s.name;
+    throw std::runtime_error("non-finite weights after the update of step " + std::to_string(step_ + 1) + " (in '" +
+                             name + "'): the run diverged");
+  }
+}
+
 double Engine::train_step(const std::vector<int32_t>& split, float lr, float grad_clip, const AdamW& opt,
                           double* grad_norm, StepTiming* timing) {
   sample_next_batch(split);
@@ -156,6 +183,7 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   if (grad_norm) *grad_norm = norm;
   const float scale = clip_scale(loss, norm, grad_clip, step_ + 1);
   update(0, chunks_.size(), lr, scale, opt);
+  check_weights_finite();
   finish_step();
   const auto t3 = Clock::now();
   if (timing) {

@@ -78,6 +78,9 @@ class Engine {
   // every chunk has been updated.
   void update(size_t chunk_begin, size_t chunk_end, float lr, float grad_scale, const AdamW& opt);
   void finish_step() { ++step_; }
+  // Throws, naming step()+1 and a tensor, when an update left a weight NaN or
+  // infinite. Call after update() and before finish_step().
+  void check_weights_finite();
   // Batch mean loss of the last forward_backward (all shards), summed in shard order.
   double batch_loss() const;
   // Squared global gradient norm of the last reduce (all chunks), summed in chunk order.

@@ -56,6 +56,36 @@ double machine_memory_bytes() {
   return memory_limit(&what);
 }
 
+double address_space_left() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return INFINITY;
+  std::ifstream statm("/proc/self/statm");
+  double pages = 0;
+  if (!(statm >> pages)) return INFINITY;
+  return (double)rl.rlim_cur - pages * (double)sysconf(_SC_PAGESIZE);
+}
+
+void check_address_space(const std::string& what, double bytes, int threads, const std::string& hint) {
+  const double left = address_space_left();
+  if (!std::isfinite(left)) return;
+  const int n = threads > 0 ? threads : tbb::info::default_concurrency();
+  const double per_thread = kBlasBufferBytes + kThreadStackBytes;
+  const double need = bytes + n * per_thread + kAddressSpaceSlackBytes;
+  if (need <= left) return;
+  rlimit rl{};
+  getrlimit(RLIMIT_AS, &rl);
+  char data[64] = "";
+  if (bytes > 0) std::snprintf(data, sizeof data, "%.0f MiB of data, ", bytes / 1048576);
+  char buf[400];
+  std::snprintf(buf, sizeof buf,
+                " would need %.0f MiB more address space (%s%.0f MiB for OpenBLAS's buffer and the stack of each of %d "
+                "threads, %.0f MiB of slack); %.0f MiB of this process's %.0f MiB (ulimit -v) are left",
+                need / 1048576, data, n * per_thread / 1048576, n, kAddressSpaceSlackBytes / 1048576, left / 1048576,
+                (double)rl.rlim_cur / 1048576);
+  throw std::runtime_error(what + buf + ": " + (hint.empty() ? "" : hint + ", or ") +
+                           "lower --threads or raise ulimit -v");
+}
+
 void check_memory_need(const std::string& what, double bytes, const std::string& hint) {
   const char* limit_what;
   const double have = memory_limit(&limit_what);

@@ -25,4 +25,19 @@ double machine_memory_bytes();
 // has 23.5 GiB: <hint>" when bytes exceed machine_memory_bytes().
 void check_memory_need(const std::string& what, double bytes, const std::string& hint = "");
 
+// The address space (ulimit -v) matters apart from memory: OpenBLAS maps a
+// buffer for each thread that calls it (Debian 12's x86-64 build: 128 MiB, its
+// BUFFER_SIZE, measured with /proc/self/statm), and when that mapping fails it
+// retries forever inside blas_memory_alloc. So the limit is checked before the
+// first product, against what this process has mapped so far (/proc/self/statm).
+inline constexpr double kBlasBufferBytes = 128.0 * 1048576 + 4096;
+inline constexpr double kThreadStackBytes = 8.0 * 1048576 + 4096;  // glibc's default, as oneTBB's workers get
+inline constexpr double kAddressSpaceSlackBytes = 64.0 * 1048576;  // libraries' own mappings, small allocations
+// RLIMIT_AS minus what is mapped now; +infinity without a limit.
+double address_space_left();
+// Throws "<what> would need ... MiB more address space (...); this process may
+// map ... (ulimit -v ...)" unless `bytes` (what the command will still
+// allocate) plus a BLAS buffer and a stack per thread fit in address_space_left().
+void check_address_space(const std::string& what, double bytes, int threads, const std::string& hint = "");
+
 }  // namespace chargpt

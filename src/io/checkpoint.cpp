@@ -1,5 +1,7 @@
 #include "io/checkpoint.h"
 
+#include "io/json_depth.h"
+
 #include <climits>
 #include <cmath>
 #include <filesystem>
@@ -66,6 +68,7 @@ Model model_from_safetensors(const SafetensorsFile& f, Metadata* meta_out) {
 
   Model m;
   try {
+    if (json_depth(*config, 1) > 1) throw std::runtime_error("it nests deeper than one object");
     const json c = json::parse(*config);
     if (!c.is_object()) throw std::runtime_error("it is not a JSON object");
     auto field = [&](const char* key) {

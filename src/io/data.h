@@ -23,6 +23,9 @@ struct Dataset {
 // eval of a checkpoint) the corpus must fit that vocabulary; else it is built.
 // An empty corpus is refused; load_dataset's messages name the file.
 Dataset make_dataset(const std::string& utf8_text, const Tokenizer* tok = nullptr);
+// Peak memory of load_dataset per byte of the file: the text (1), its code
+// points (4) and their token ids (4) at once.
+inline constexpr double kDatasetBytesPerFileByte = 9;
 Dataset load_dataset(const std::string& path, const Tokenizer* tok = nullptr);
 
 // `batch` windows of block_size+1 consecutive tokens at uniformly random

@@ -8,6 +8,7 @@
 
 #include "base/fs.h"
 #include "base/hash.h"
+#include "io/json_depth.h"
 
 namespace chargpt {
 
@@ -76,6 +77,8 @@ Header read_header(uint64_t size, const ReadAt& read_at, const std::string& path
                             std::to_string(kMaxHeaderBytes));
   std::string text(h.length, '\0');
   if (!read_at(text.data(), h.length, 8)) throw invalid(path, "the header is truncated");
+  if (json_depth(text, kMaxHeaderDepth) > kMaxHeaderDepth)
+    throw invalid(path, "header nests deeper than the " + std::to_string(kMaxHeaderDepth) + " levels of the format");
   try {
     h.entries = json::parse(text);
   } catch (const json::exception& e) {

@@ -169,6 +169,9 @@ TrainState load_optimizer_state(const std::string& weights_path, const Model& mo
     f.read_tensor("adamw.v", {P}, v);
     if (first_non_finite(m, (size_t)P) >= 0 || first_non_finite(v, (size_t)P) >= 0)
       throw std::runtime_error("'" + path + "' holds non-finite optimizer moments: it cannot be resumed from");
+    if (const float* neg = std::find_if(v, v + P, [](float x) { return x < 0; }); neg != v + P)
+      throw std::runtime_error("'" + path + "' holds a negative second moment (adamw.v[" + std::to_string(neg - v) +
+                               "] = " + std::to_string(*neg) + "), which AdamW never writes: it cannot be resumed from");
     TrainState st;
     st.step = wstep;
     try {

@@ -23,8 +23,11 @@
 
 #include "io/checkpoint.h"
 #include "base/hash.h"
+#include "base/lock.h"
 #include "engine/memory.h"
 #include "dist/dist.h"
+#include "train/log_file.h"
+#include "train/owned_files.h"
 
 namespace chargpt {
 
@@ -51,6 +54,14 @@ struct Saver {
 
   void save(const Engine& e) {
     if (e.step() == last_saved_step) return;  // e.g. a save-interval step that is also the last one
+    const std::pair<const char*, const float*> arrays[] = {{"weight", e.params()}, {"AdamW first moment", e.adam_m()},
+                                                           {"AdamW second moment", e.adam_v()}};
+    for (const auto& [what, p] : arrays)
+      for (size_t i = 0; i < e.num_params(); ++i)
+        if (!std::isfinite(p[i]))
+          throw std::runtime_error("step " + std::to_string(e.step()) + " left a non-finite " + what + " (index " +
+                                   std::to_string(i) + "): the run diverged and it is not saved; '" + opt.out_path +
+                                   "' is left as it was");
     TrainState st;
     st.step = e.step();
     st.data_rng = e.data_rng().s;
@@ -109,38 +120,6 @@ void check_options(const TrainOptions& o) {
   for_each_train_option(o, OptionChecker{});
 }
 
-// The JSON Lines log. Every write is flushed and checked; the first failure is
-// kept in `error` and later writes are skipped: train() then saves the
-// checkpoint at the end of the step and stops with that error (a run whose
-// log silently stopped would look complete, and the weights are worth more
-// than the log).
-struct LogFile {
-  std::FILE* f = nullptr;
-  std::string path, error;
-  LogFile(const std::string& path_, bool append) : path(path_) {
-    if (path.empty()) return;
-    f = std::fopen(path.c_str(), append ? "a" : "w");
-    if (!f) throw std::runtime_error("cannot open log file '" + path + "': " + std::strerror(errno));
-  }
-  ~LogFile() {
-    if (f) std::fclose(f);
-  }
-  LogFile(const LogFile&) = delete;
-  LogFile& operator=(const LogFile&) = delete;
-  void write(const json& j) {
-    if (!f || !error.empty()) return;
-    const std::string line = j.dump() + "\n";
-    errno = 0;
-    if (std::fwrite(line.data(), 1, line.size(), f) != line.size() || std::fflush(f) != 0)
-      error = "cannot write log file '" + path + "': " + std::strerror(errno ? errno : EIO);
-  }
-  void close() {
-    if (f && std::fclose(f) != 0 && error.empty())
-      error = "cannot write log file '" + path + "': " + std::strerror(errno ? errno : EIO);
-    f = nullptr;
-  }
-};
-
 }  // namespace
 
 void check_output_path(const std::string& what, const std::string& path, const std::vector<std::string>& inputs) {
@@ -170,42 +149,23 @@ void check_directory_writable(const std::string& what, const std::string& path) 
   ::unlink(probe.c_str());
 }
 
-// The outputs of a run: each a regular file or absent, none of them an input or
-// another output, an existing checkpoint or log replaced only with --resume
-// (which continues it) or --force, and their directories writable. All before step 1.
-static void check_outputs(const TrainOptions& o) {
-  namespace fs = std::filesystem;
-  struct Output {
-    std::string what, path;
-  };
-  std::vector<Output> outs = {{"--out", o.out_path}, {"the optimizer state beside --out", optim_state_path(o.out_path)}};
-  if (!o.log_path.empty()) outs.push_back({"--log", o.log_path});
-  for (size_t i = 0; i < outs.size(); ++i) {
-    check_output_path(outs[i].what, outs[i].path, {o.data_path});
-    for (size_t j = 0; j < i; ++j) {
-      std::error_code ec;
-      if (fs::weakly_canonical(outs[i].path, ec) == fs::weakly_canonical(outs[j].path, ec) ||
-          fs::equivalent(outs[i].path, outs[j].path, ec))
-        throw std::runtime_error(outs[i].what + " '" + outs[i].path + "' is the same file as " + outs[j].what +
-                                 " '" + outs[j].path + "'");
-    }
-  }
-  if (!o.resume && !o.force)
-    for (const auto& out : outs)
-      if (fs::exists(out.path))
-        throw std::runtime_error(out.what + " '" + out.path +
-                                 "' exists; refusing to replace it: --resume continues that run, --force starts a "
-                                 "new one over it");
-  for (const auto& out : outs) check_directory_writable(out.what, out.path);
-}
-
 TrainResult train(const TrainOptions& opts, std::ostream& out) {
   // MPI (dist.h): only rank 0 prints, logs and writes checkpoints.
   TrainOptions o_rank = opts;
   if (!dist::is_root()) o_rank.quiet = true, o_rank.log_path.clear();
   const TrainOptions& o = o_rank;
   check_options(o);
-  check_outputs(o);
+  // One owner per checkpoint: the lock is taken before the checks and held to
+  // the end. MPI: rank 0 writes, so rank 0 holds it.
+  const OwnedFiles owned = owned_files(o.out_path, o.log_path);
+  FileLock lock;
+  if (dist::is_root()) {
+    check_names_a_file("--out", o.out_path);
+    check_inputs_not_owned(owned, {{"--data", o.data_path}});
+    check_directory_writable("--out", o.out_path);  // creates the directory the lock goes in
+    lock = FileLock(owned.lock_path, "the checkpoint '" + o.out_path + "'");
+  }
+  check_owned_files(owned, {{"--data", o.data_path}}, o.resume || o.force);
   const auto t_start = Clock::now();
   Config cfg = o.model;
   Model resumed;
@@ -218,6 +178,13 @@ TrainResult train(const TrainOptions& opts, std::ostream& out) {
     if (!(resumed.cfg == cfg))
       throw std::runtime_error("cannot resume: '" + o.out_path + "' has config " + config_to_json(resumed.cfg) +
                                " but the flags ask for " + config_to_json(cfg));
+  }
+  {
+    std::error_code ec;
+    const double size = (double)std::filesystem::file_size(o.data_path, ec);
+    if (!ec)
+      check_memory_need("loading --data '" + o.data_path + "' (" + std::to_string((long long)size) + " bytes)",
+                        size * kDatasetBytesPerFileByte, "use a smaller text");
   }
   Dataset ds = load_dataset(o.data_path, o.resume ? &resumed.tok : nullptr);
   cfg.vocab_size = ds.tok.size();
@@ -233,8 +200,10 @@ TrainResult train(const TrainOptions& opts, std::ostream& out) {
     std::snprintf(what, sizeof what,
                   "training this model (n_layer %d, n_embd %d, block_size %d, vocabulary %d) with batch %d in shards "
                   "of %d", cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size, o.batch_size, shard);
-    check_memory_need(what, estimate_train_bytes(cfg, o.batch_size, o.shard_size, o.threads, o.eval_iters),
-                      "lower --n-layer, --n-embd, --block-size, --batch-size or --shard-size");
+    const double bytes = estimate_train_bytes(cfg, o.batch_size, o.shard_size, o.threads, o.eval_iters);
+    const char* hint = "lower --n-layer, --n-embd, --block-size, --batch-size or --shard-size";
+    check_memory_need(what, bytes, hint);
+    check_address_space(what, bytes, o.threads, hint);
   }
   Engine e(cfg, o.batch_size, o.shard_size, o.threads, o.seed, o.backend);
   if (o.resume) load_resume_state(o, resumed, wmeta, ds, e);
@@ -255,6 +224,16 @@ TrainResult train(const TrainOptions& opts, std::ostream& out) {
   Saver saver{o, cfg, ds};
   // MPI: rank 0 gathers the optimizer state and writes; the others only keep count.
   auto save = [&] {
+    if (e.step() != saver.last_saved_step) {
+      // Nothing diverged is saved as the latest: the weights give a finite loss.
+      const double probe = dp ? dp->estimate_loss(ds.val, 1, o.seed ^ 0x5bd1e995ULL ^ (uint64_t)e.step())
+                              : e.estimate_loss(ds.val, 1, o.seed ^ 0x5bd1e995ULL ^ (uint64_t)e.step());
+      if (!std::isfinite(probe))
+        throw std::runtime_error("the weights after step " + std::to_string(e.step()) + " give a non-finite loss (" +
+                                 std::to_string(probe) + "): the run diverged and they are not saved; " +
+                                 (saver.last_saved_step >= 0 || o.resume ? "'" + o.out_path + "' is left as it was"
+                                                                          : "no checkpoint was saved"));
+    }
     if (dp && e.step() != saver.last_saved_step) dp->gather_optimizer_state();
     if (dist::is_root()) saver.save(e);
     else saver.last_saved_step = e.step();

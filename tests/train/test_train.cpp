@@ -177,16 +177,27 @@ TEST_CASE("cli: bad flags and files give one clear line and a non-zero exit") {
 TEST_CASE("cli: a non-finite loss stops training, naming the step, and the last checkpoint stays") {
   const test::TempDir dir("train");
   const std::string out = dir / "nan.safetensors";
-  auto r = run_cli("train --data " + corpus_file() +
-                   " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --steps 50 --warmup 0"
-                   " --lr 1e30 --grad-clip 0 --save-interval 1 --eval-interval 0 --out " + out);
+  const std::string base = "train --data " + corpus_file() +
+                           " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --warmup 0"
+                           " --eval-interval 0 --out " + out;
+  REQUIRE(run_cli(base + " --steps 2").status == 0);
+  const std::string saved = bytes_of(out);
+  // --lr 1e30: the update of step 3 leaves finite but huge weights, whose loss at step 4 is not finite.
+  auto r = run_cli(base + " --resume --steps 50 --lr 1e30 --grad-clip 0");
   CAPTURE(r.output);
   CHECK(r.status == 1);
-  CHECK(r.output.find("non-finite loss at step 2") != std::string::npos);
-  CHECK(r.output.find("step 1), is intact") != std::string::npos);
+  CHECK(r.output.find("non-finite loss at step 4") != std::string::npos);
+  CHECK(r.output.find("'" + out + "' is left as it was") != std::string::npos);
+  CHECK(bytes_of(out) == saved);
+  // Saving every step: step 3's weights are checked before they are saved, and are not.
+  r = run_cli(base + " --resume --steps 50 --lr 1e30 --grad-clip 0 --save-interval 1");
+  CAPTURE(r.output);
+  CHECK(r.status == 1);
+  CHECK(r.output.find("the weights after step 3 give a non-finite loss") != std::string::npos);
+  CHECK(bytes_of(out) == saved);
   Metadata meta;
   load_model(out, &meta);
-  CHECK(meta["step"] == "1");
+  CHECK(meta["step"] == "2");
 }
 
 TEST_CASE("cli: Ctrl-C saves at the end of the step and exits with 130") {
