@@ -168,8 +168,8 @@ TEST_CASE("cli: a flag missing its value is named even when the next value is le
 }
 
 TEST_CASE("cli: a too small address-space limit is an error before OpenBLAS spins and so is a too large text") {
-  if (chargpt::test::kUnderAddressSanitizer) {
-    CHARGPT_SKIP("an ASan build cannot run under a virtual-memory limit");
+  if (chargpt::test::kUnderShadowMemorySanitizer) {
+    CHARGPT_SKIP("an ASan or TSan build cannot run under a virtual-memory limit");
   }
   TempDir dir("cli_as");
   const std::string data = corpus(dir), out = dir / "w.safetensors";
@@ -201,6 +201,8 @@ TEST_CASE("cli: a too small address-space limit is an error before OpenBLAS spin
 
 TEST_CASE("cli: under prlimit --nproc=1 every command that needs threads says so and exits 1") {
   const bool root = ::geteuid() == 0;
+  if (chargpt::test::kSanitizerRuntimeThreads > 0)
+    CHARGPT_SKIP("a sanitizer's runtime thread needs a second process slot under --nproc=1");
   if (run_shell("command -v prlimit && command -v setpriv").status != 0) {
     CHARGPT_SKIP("prlimit or setpriv (util-linux) is not installed");
   }
