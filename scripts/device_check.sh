@@ -16,7 +16,7 @@
 # usage: scripts/device_check.sh [DIR] [--stages a,b,c] [--cpu-only] [--threads 1,2,4,8,16]
 #                                [--budget SECONDS] [--prebuilt]
 #   --stages    run only these (always: unpack and the summary). Stages, in order:
-#               system build info ctest baby_loss nanogpt_gpu peer_gpu nanogpt_cpu baby_cpu
+#               system build info ctest baby_loss nanogpt_gpu cuda_switches peer_gpu nanogpt_cpu baby_cpu
 #               nanogpt_bf16 peer_cpu (GPU stages: baby_loss nanogpt_gpu peer_gpu; a later
 #               stage that needs the binaries finds the build of an earlier run)
 #   --cpu-only  skip the GPU stages. Without it, a machine with no working nvidia-smi runs
@@ -34,10 +34,10 @@ SCRIPTS=$ROOT/scripts
 # shellcheck source=scripts/device_prefix.sh
 . "$SCRIPTS/device_prefix.sh"
 
-ALL_STAGES=(system build info ctest baby_loss nanogpt_gpu peer_gpu nanogpt_cpu baby_cpu nanogpt_bf16 peer_cpu)
-GPU_STAGES=" baby_loss nanogpt_gpu peer_gpu "
+ALL_STAGES=(system build info ctest baby_loss nanogpt_gpu cuda_switches peer_gpu nanogpt_cpu baby_cpu nanogpt_bf16 peer_cpu)
+GPU_STAGES=" baby_loss nanogpt_gpu cuda_switches peer_gpu "
 # Each stage's own limit in seconds (16 cores; estimates from a 2-core run scaled, x2-3 slack).
-declare -A LIMIT=([system]=30 [build]=200 [info]=20 [ctest]=120 [baby_loss]=90 [nanogpt_gpu]=75
+declare -A LIMIT=([system]=30 [build]=200 [info]=20 [ctest]=120 [baby_loss]=90 [nanogpt_gpu]=75 [cuda_switches]=75
   [peer_gpu]=90 [nanogpt_cpu]=120 [baby_cpu]=45 [peer_cpu]=90 [nanogpt_bf16]=90)
 
 stages_arg="" cpu_only=0 threads_arg="1,2,4,8,16" budget=340 force_prebuilt=0 dir_arg=""
@@ -261,6 +261,17 @@ stage_nanogpt_gpu() {
   bench_run baby_cuda --preset baby --backend cuda --threads "$NTHREADS" --steps 20 --warmup 3 --rounds 1 || rc=$?
   return "$rc"
 }
+stage_cuda_switches() {  # what each CUDA switch gains: the nanogpt step with each one off
+  local rc=0 a=(--preset nanogpt --backend cuda --threads "$NTHREADS" --steps 10 --warmup 2 --rounds 1)
+  CHARGPT_CUDA_INPUT_CACHE=0 CHARGPT_CUDA_CHUNK_KB=0 bench_run nanogpt_cuda_plain "${a[@]}" || rc=$?
+  CHARGPT_CUDA_INPUT_CACHE=0 bench_run nanogpt_cuda_nocache "${a[@]}" || rc=$?
+  CHARGPT_CUDA_CHUNK_KB=0 bench_run nanogpt_cuda_nochunk "${a[@]}" || rc=$?
+  CHARGPT_CUDA_TIMERS=0 bench_run nanogpt_cuda_notimers "${a[@]}" || rc=$?
+  bench_run nanogpt_cuda_defaults "${a[@]}" || rc=$?
+  CHARGPT_CUDA_INPUT_CACHE=0 CHARGPT_CUDA_CHUNK_KB=0 bench_run nanogpt_cuda_plain_1thread "${a[@]}" --threads 1 || rc=$?
+  bench_run nanogpt_cuda_defaults_1thread "${a[@]}" --threads 1 || rc=$?
+  return "$rc"
+}
 sweep_run() {  # sweep_run LABEL [flags...]: one bench per thread count, the most threads first,
   # so that a stage stopped by its time limit keeps the counts it finished (1 thread takes longest)
   local label=$1 t rc=0; shift
@@ -301,6 +312,7 @@ stage_peer_gpu() {
 # summary never mixes its results with stale ones (those of stages not rerun stay).
 declare -A STAGE_FILES=([system]="system.txt" [info]="info.txt" [ctest]="ctest.txt ctest.xml"
   [baby_loss]="train_cpu.jsonl train_cuda.jsonl" [nanogpt_gpu]="bench_nanogpt_cuda.* bench_nanogpt_cuda_tf32.* bench_nanogpt_cuda_bf16.* bench_baby_cuda.*"
+  [cuda_switches]="bench_nanogpt_cuda_plain* bench_nanogpt_cuda_no* bench_nanogpt_cuda_defaults*"
   [peer_gpu]="peer_*_cuda*.json" [nanogpt_cpu]="bench_nanogpt_cpu.* bench_nanogpt_cpu_t*"
   [nanogpt_bf16]="bench_nanogpt_cpu_bf16*" [baby_cpu]="bench_baby_cpu.* bench_baby_cpu_t*" [peer_cpu]="peer_*_cpu*.json")
 stage_peer_cpu() {  # quickest first: a stage stopped by its limit keeps what it finished
@@ -313,7 +325,7 @@ stage_peer_cpu() {  # quickest first: a stage stopped by its limit keeps what it
 }
 
 export -f stage_system stage_build stage_info stage_ctest train_run stage_baby_loss bench_run sweep_run \
-  stage_nanogpt_gpu stage_nanogpt_cpu stage_nanogpt_bf16 stage_baby_cpu peer_run stage_peer_gpu \
+  stage_nanogpt_gpu stage_cuda_switches stage_nanogpt_cpu stage_nanogpt_bf16 stage_baby_cpu peer_run stage_peer_gpu \
   stage_peer_cpu bindir
 export ROOT W RES BUILD HAVE_GPU PY PEER THREADS NTHREADS JOBS force_prebuilt
 export NANOGPT_PEER_STR="${NANOGPT_PEER[*]}"

@@ -107,7 +107,7 @@ def machine(res, md):
 
 def stages(res, md):
     rows = [line.split("\t") for line in read(f"{res}/stages.tsv").splitlines() if line.strip()]
-    order = ["unpack", "system", "build", "fallback", "info", "ctest", "baby_loss", "nanogpt_gpu", "peer_gpu",
+    order = ["unpack", "system", "build", "fallback", "info", "ctest", "baby_loss", "nanogpt_gpu", "cuda_switches", "peer_gpu",
              "nanogpt_cpu", "baby_cpu", "nanogpt_bf16", "peer_cpu", "total"]
     rows.sort(key=lambda r: order.index(r[0]) if r[0] in order else len(order) - 1)
     md.append("## Stages\n")
@@ -212,6 +212,8 @@ def loss_curves(res, out, md):
 
 
 BENCH_LABELS = ["nanogpt_cpu", "nanogpt_cpu_bf16", "nanogpt_cuda", "nanogpt_cuda_tf32", "nanogpt_cuda_bf16",
+                "nanogpt_cuda_plain", "nanogpt_cuda_nocache", "nanogpt_cuda_nochunk", "nanogpt_cuda_notimers",
+                "nanogpt_cuda_defaults", "nanogpt_cuda_plain_1thread", "nanogpt_cuda_defaults_1thread",
                 "baby_cpu", "baby_cuda"]
 PEER_LABELS = ["nanogpt_cpu", "nanogpt_cpu_bf16", "nanogpt_cuda", "nanogpt_cuda_bf16",
                "baby_cpu", "baby_cpu_bf16", "baby_cuda", "baby_cuda_bf16"]
