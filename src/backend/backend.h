@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+#include "base/cpu.h"
 #include <vector>
 
 namespace chargpt {
@@ -122,5 +124,8 @@ std::string blas_core_name();
 // better OPENBLAS_CORETYPE, unless the user set them; returns true if the
 // environment changed, so that main re-executes itself once.
 bool configure_blas_environment();
+// The OPENBLAS_CORETYPE that configure_blas_environment sets for a CPU with these features
+// whose OpenBLAS picked `core_name` (any case), or "" to leave OpenBLAS's choice.
+std::string openblas_coretype_override(const CpuFeatures& cpu, const std::string& core_name);
 
 }  // namespace chargpt

@@ -72,6 +72,16 @@ BackendEntry openblas_entry() {
 
 std::string blas_core_name() { return openblas_get_corename(); }
 
+// Any AVX-512 (F+BW) CPU this OpenBLAS does not name SkylakeX gets its SkylakeX kernels:
+// 0.3.21 calls Zen 4 "Zen" and Sapphire Rapids "Haswell" or "Cooperlake", and a virtual
+// machine whose CPUID hides the model (a generic "Intel Xeon Processor") "Prescott", whose
+// SSE3 kernels ran the bench's sgemm at 18 GFLOP/s a core there.
+std::string openblas_coretype_override(const CpuFeatures& cpu, const std::string& core_name) {
+  std::string core = core_name;
+  for (char& c : core) c = (char)std::tolower((unsigned char)c);
+  return cpu.avx512f && cpu.avx512bw && core != "skylakex" ? "SKYLAKEX" : "";
+}
+
 // Why: OpenBLAS reads OPENBLAS_NUM_THREADS when it loads and then starts a
 // thread per core that spins for a while even after openblas_set_num_threads(1),
 // stealing cores from our workers. Debian 12's OpenBLAS 0.3.21 does not know
@@ -83,16 +93,10 @@ bool configure_blas_environment() {
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
     changed = true;
   }
-  // Any AVX-512 (F+BW) CPU this OpenBLAS does not name as SkylakeX gets its SkylakeX kernels:
-  // 0.3.21 calls Zen 4 "Zen" and Sapphire Rapids "Haswell" or "Cooperlake", and a virtual
-  // machine whose CPUID hides the model (a generic "Intel Xeon Processor") "Prescott", whose
-  // SSE3 kernels ran the bench's sgemm at 18 GFLOP/s a core there.
-  const CpuFeatures& cpu = cpu_features();
-  if (!std::getenv("OPENBLAS_CORETYPE") && cpu.avx512f && cpu.avx512bw) {
-    std::string core = openblas_get_corename();
-    for (char& c : core) c = (char)std::tolower((unsigned char)c);
-    if (core != "skylakex") {
-      setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
+  if (!std::getenv("OPENBLAS_CORETYPE")) {
+    const std::string core = openblas_coretype_override(cpu_features(), openblas_get_corename());
+    if (!core.empty()) {
+      setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
       changed = true;
     }
   }

@@ -175,7 +175,7 @@ TEST_CASE("cli: a too small address-space limit is an error before OpenBLAS spin
   const std::string data = corpus(dir), out = dir / "w.safetensors";
   // 400 MB: what the binary maps at start plus one of OpenBLAS's 128 MiB buffers, not two. Without the
   // check, OpenBLAS retried its failing mmap forever; `timeout` ends such a run with 124.
-  for (const std::string cmd : {"train --steps 2 --out " + out + " --data " + data + " --threads 2",
+  for (const std::string& cmd : {"train --steps 2 --out " + out + " --data " + data + " --threads 2",
                                 "eval --checkpoint " + out + " --data " + data + " --threads 2"}) {
     const auto r = run_shell("prlimit --as=400000000 timeout -s KILL 120 " CHARGPT_BINARY " " + cmd +
                              " 2>&1; echo status $?");
