@@ -28,11 +28,19 @@ namespace {
 // with no word of ours. The executable's preinit functions run before any
 // shared library's constructor (too early to change the environment, which
 // libc sets up after them): catch that SIGINT there, and let main decide.
-volatile sig_atomic_t g_sigint_before_main = 0;
-void on_sigint_before_main(int) { g_sigint_before_main = 1; }
+// A SIGINT from outside in the same window (a Ctrl-C or kill -INT in the first
+// milliseconds) is the user's: main then exits as an interrupted run would.
+volatile sig_atomic_t g_sigint_before_main = 0;  // raised by this process (OpenBLAS)
+volatile sig_atomic_t g_user_sigint_before_main = 0;
+void on_sigint_before_main(int, siginfo_t* info, void*) {
+  const bool raised_here = info->si_pid == getpid() && (info->si_code == SI_TKILL || info->si_code == SI_USER);
+  if (raised_here) g_sigint_before_main = 1;
+  else g_user_sigint_before_main = 1;
+}
 void catch_sigint_before_libraries(int, char**, char**) {
   struct sigaction sa{};
-  sa.sa_handler = on_sigint_before_main;
+  sa.sa_sigaction = on_sigint_before_main;
+  sa.sa_flags = SA_SIGINFO;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
 }
@@ -125,6 +133,7 @@ void note_step_ended() {
 
 int main(int argc, char** argv) {
   signal(SIGINT, SIG_DFL);
+  if (g_user_sigint_before_main) return 128 + SIGINT;  // stopped before anything started
   // BLAS settings are read when the library loads: re-execute once with them set
   // (returns only on failure: then carry on as we are). The new process starts
   // OpenBLAS single-threaded, so a limit on threads is met by our own check.
