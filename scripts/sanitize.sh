@@ -7,15 +7,7 @@
 # the run: UBSan halts on its first error, ASan always does.
 # Extra arguments go to ctest, e.g. scripts/sanitize.sh -R 'engine:*'.
 #
-# ThreadSanitizer is not run, on purpose. Debian's oneTBB (libtbb.so) is not built
-# with -fsanitize=thread, so TSan cannot see the synchronisation inside it: the
-# hand-over of work to a task and the join at the end of a parallel_for happen in
-# libtbb's own atomics and futex waits. Every write a task makes and the main thread
-# later reads then looks like a race in *our* code. A suppressions file cannot fix
-# that selectively: the reports' stacks all pass through libtbb (all our parallel
-# code runs in TBB tasks), so `race:libtbb` would hide every real race as well as
-# the false ones. A meaningful TSan run needs oneTBB itself built with TSan
-# (oneTBB's CMake has -DTBB_SANITIZE=thread) and chargpt linked against that build.
+# ThreadSanitizer needs oneTBB built with it: scripts/tsan.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
