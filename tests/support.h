@@ -303,6 +303,10 @@ inline TrainOptions tiny_run(const std::string& data, const std::string& out) {
   o.threads = 1;
   return o;
 }
+// The shape of a tiny CLI run, without a schedule: eval only at the end, over one batch.
+inline const std::string kTinyShapeFlags =
+    " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --eval-interval 0 --eval-iters 1 ";
+
 inline const char* kTinyRunFlags =
     "--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --warmup 2 --lr-decay-steps 1000 "
     "--eval-interval 0 --eval-iters 1 --threads 1";

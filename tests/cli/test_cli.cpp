@@ -46,8 +46,7 @@ std::string squeeze(const std::string& s) {
 }
 
 // A tiny model's flags: runs take well under a second.
-const std::string kTiny = " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --eval-interval 0"
-                          " --eval-iters 1 ";
+const std::string& kTiny = chargpt::test::kTinyShapeFlags;
 
 }  // namespace
 

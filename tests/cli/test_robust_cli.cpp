@@ -34,8 +34,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kTiny = " --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --eval-interval 0"
-                          " --eval-iters 1 ";
+const std::string& kTiny = chargpt::test::kTinyShapeFlags;
 
 std::string corpus(const TempDir& dir) { return chargpt::test::write_corpus(dir, 3, 5000); }
 
