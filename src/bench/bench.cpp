@@ -264,8 +264,11 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
       BenchRow& row = res.rows[k];
       row.threads = opt.threads[k];
       if (!engines[k]) {
-        engines[k] = std::make_unique<Engine>(cfg, opt.batch_size, opt.shard_size, row.threads, opt.seed,
-                                              opt.backend);
+        engines[k] = std::make_unique<Engine>(
+            cfg,
+            EngineOptions{
+                .batch_size = opt.batch_size, .shard_size = opt.shard_size, .threads = row.threads, .seed = opt.seed},
+            opt.backend);
         init_params(cfg, engines[k]->params(), opt.seed);
         engines[k]->weights_loaded();
         res.n_shards = engines[k]->n_shards();

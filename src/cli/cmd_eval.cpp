@@ -8,9 +8,10 @@
 #include <cxxopts.hpp>
 #include <nlohmann/json.hpp>
 
+#include "dist/dist.h"
+#include "engine/evaluate.h"
 #include "io/checkpoint.h"
 #include "io/data.h"
-#include "dist/dist.h"
 #include "train/train.h"
 #include "cli/cli.h"
 
@@ -56,8 +57,10 @@ int cmd_eval(int argc, char** argv) {
   Dataset ds = load_dataset(a.data, &m.tok);
   const std::unique_ptr<Backend> be = make_bound_backend(bo, m.cfg, m.params.data());
   // Under mpirun the windows are split across the ranks; rank 0 prints.
-  EvalResult e = dist::evaluate_split(*be, m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads);
-  if (!dist::is_root()) return 0;
+  Collective& ranks = dist::world();
+  const EvalResult e = evaluate_split(*be, m.cfg, m.params.data(), a.split == "val" ? ds.val : ds.train, a.threads,
+                                      /*windows_per_task=*/8, ranks);
+  if (ranks.rank() != 0) return 0;
   if (!std::isfinite(e.loss))
     throw std::runtime_error("the " + a.split + " loss of '" + a.checkpoint + "' is not finite (" +
                              std::to_string(e.loss) +

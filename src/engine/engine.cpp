@@ -36,20 +36,19 @@ static std::unique_ptr<Backend> checked_backend(const Config& cfg, int batch_siz
   return make_backend(opt);
 }
 
-Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed,
-               const BackendOptions& backend)
-    : Engine(cfg, batch_size, shard_size, threads, seed, checked_backend(cfg, batch_size, backend)) {}
+Engine::Engine(const Config& cfg, const EngineOptions& opt, const BackendOptions& backend, Collective& comm)
+    : Engine(cfg, opt, checked_backend(cfg, opt.batch_size, backend), comm) {}
 
-Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, uint64_t seed,
-               std::unique_ptr<Backend> backend)
-    : cfg_(checked(cfg, batch_size)),
-      batch_size_(batch_size),
-      shard_size_(resolve_shard_size(shard_size, batch_size, cfg.block_size)),
-      n_shards_((batch_size + shard_size_ - 1) / shard_size_),
-      pool_(threads),
+Engine::Engine(const Config& cfg, const EngineOptions& opt, std::unique_ptr<Backend> backend, Collective& comm)
+    : cfg_(checked(cfg, opt.batch_size)),
+      batch_size_(opt.batch_size),
+      shard_size_(resolve_shard_size(opt.shard_size, opt.batch_size, cfg.block_size)),
+      n_shards_((batch_size_ + shard_size_ - 1) / shard_size_),
+      pool_(opt.threads),
+      comm_(comm),
       backend_(backend ? std::move(backend) : throw std::invalid_argument("Engine: null backend")),
       acts_(cfg, shard_size_),
-      data_rng_(seed) {
+      data_rng_(opt.seed) {
   const size_t P = chargpt::num_params(cfg_);
   params_.resize(P);
   m_.resize(P);
@@ -60,6 +59,7 @@ Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, u
   shard_grads_.resize(n_shards_);
   for (auto& g : shard_grads_) {
     g.resize(P);
+    shard_grad_ptrs_.push_back(g.data());
     shard_grad_views_.push_back(param_views(cfg_, g.data()));
   }
   // Chunk boundaries depend only on the model shape, never on the thread count.
@@ -67,35 +67,31 @@ Engine::Engine(const Config& cfg, int batch_size, int shard_size, int threads, u
   for (const auto& s : param_specs(cfg_))
     for (size_t b = 0; b < s.numel; b += kChunk)
       chunks_.push_back({s.offset + b, s.offset + std::min(s.numel, b + kChunk), s.decay});
-  chunk_sumsq_.resize(chunks_.size());
-  shard_loss_.resize(n_shards_);
+  part_ = make_partition(n_shards_, chunks_, P, comm_.size());
   inputs_.resize((size_t)batch_size_ * cfg_.block_size);
   targets_.resize((size_t)batch_size_ * cfg_.block_size);
 }
 
 void Engine::weights_loaded() { backend_->weights_changed(0, params_.size()); }
 
-void Engine::sample_next_batch(const std::vector<int32_t>& split) {
-  sample_batch(split, batch_size_, cfg_.block_size, data_rng_, inputs_.data(), targets_.data());
-}
-
-void Engine::forward_backward(size_t shard_begin, size_t shard_end) {
+double Engine::forward_backward() {
   const int T = cfg_.block_size;
   const float dloss = 1.f / (float)((size_t)batch_size_ * T);  // d batch mean / d token loss
-  pool_.for_each(shard_end - shard_begin, [&](size_t i) {
-    const size_t s = shard_begin + i;
+  const double loss_sum = ordered_task_sum(comm_, pool_, part_.shard_begin, [&](size_t s) {
     const int n0 = (int)s * shard_size_, n = std::min(shard_size_, batch_size_ - n0);
     const int32_t* in = inputs_.data() + (size_t)n0 * T;
     const int32_t* tg = targets_.data() + (size_t)n0 * T;
     Activations& a = acts_.local();
-    shard_loss_[s] = gpt_forward(*backend_, cfg_, param_view_, a, in, tg, n, T);
+    const double loss = gpt_forward(*backend_, cfg_, param_view_, a, in, tg, n, T);
     gpt_backward(*backend_, cfg_, param_view_, shard_grad_views_[s], a, in, tg, n, T, dloss, /*accumulate=*/false);
-  });
+    return loss;
+  }, task_values_);
+  return loss_sum / ((double)batch_size_ * T);
 }
 
-void Engine::reduce(size_t chunk_begin, size_t chunk_end) {
-  pool_.for_each(chunk_end - chunk_begin, [&](size_t i) {
-    const size_t c = chunk_begin + i;
+double Engine::reduce() {
+  comm_.exchange_shard_grads(part_, shard_grad_ptrs_);  // every shard's gradient over this rank's chunks
+  const double sumsq = ordered_task_sum(comm_, pool_, part_.chunk_begin, [&](size_t c) {
     const size_t b = chunks_[c].begin, n = chunks_[c].end - b;
     float* dst = grad_.data() + b;
     // ((s0 + s1) + s2) + ...: shard order fixed.
@@ -110,31 +106,31 @@ void Engine::reduce(size_t chunk_begin, size_t chunk_end) {
       const float* src = shard_grads_[s].data() + b;
       for (size_t k = 0; k < n; ++k) dst[k] += src[k];
     }
-    chunk_sumsq_[c] = sum_of_squares(dst, n);
-  });
+    return sum_of_squares(dst, n);
+  }, task_values_);
+  return std::sqrt(sumsq);
 }
 
-void Engine::update(size_t chunk_begin, size_t chunk_end, float lr, float grad_scale, const AdamW& opt) {
+void Engine::update(float lr, float grad_scale, const AdamW& opt) {
   const int t = step_ + 1;
-  pool_.for_each(chunk_end - chunk_begin, [&](size_t i) {
-    const ParamChunk& ch = chunks_[chunk_begin + i];
+  const int me = comm_.rank();
+  const size_t c0 = part_.chunk_begin[me];
+  pool_.for_each(part_.chunk_begin[me + 1] - c0, [&](size_t i) {
+    const ParamChunk& ch = chunks_[c0 + i];
     const size_t b = ch.begin, n = ch.end - b;
     adamw_update(params_.data() + b, grad_.data() + b, m_.data() + b, v_.data() + b, n, opt, lr, t, grad_scale,
                  ch.decay);
     backend_->weights_changed(ch.begin, ch.end);
   });
+  comm_.all_gather(params_.data(), part_.float_begin);
+  for (int q = 0; q < comm_.size(); ++q)
+    if (q != me && part_.float_begin[q + 1] > part_.float_begin[q])
+      backend_->weights_changed(part_.float_begin[q], part_.float_begin[q + 1]);
 }
 
-double Engine::batch_loss() const {
-  double sum = 0;
-  for (double l : shard_loss_) sum += l;  // fixed order
-  return sum / ((double)batch_size_ * cfg_.block_size);
-}
-
-double Engine::grad_norm_sq() const {
-  double sum = 0;
-  for (double s : chunk_sumsq_) sum += s;  // fixed order
-  return sum;
+void Engine::gather_optimizer_state() {
+  comm_.gather_to_root(m_.data(), part_.float_begin);
+  comm_.gather_to_root(v_.data(), part_.float_begin);
 }
 
 float clip_scale(double loss, double norm, float grad_clip, int64_t step) {
@@ -173,55 +169,55 @@ void Engine::check_weights_finite() {
 
 double Engine::train_step(const std::vector<int32_t>& split, float lr, float grad_clip, const AdamW& opt,
                           double* grad_norm, StepTiming* timing) {
-  sample_next_batch(split);
+  // Every rank draws the whole batch: the same sampler state everywhere.
+  sample_batch(split, batch_size_, cfg_.block_size, data_rng_, inputs_.data(), targets_.data());
   const auto t1 = Clock::now();
-  forward_backward(0, n_shards_);
+  const double loss = forward_backward();
   const auto t2 = Clock::now();
-  const double loss = batch_loss();
-  reduce(0, chunks_.size());
-  const double norm = std::sqrt(grad_norm_sq());
+  const double norm = reduce();
   if (grad_norm) *grad_norm = norm;
-  const float scale = clip_scale(loss, norm, grad_clip, step_ + 1);
-  update(0, chunks_.size(), lr, scale, opt);
-  check_weights_finite();
-  finish_step();
-  const auto t3 = Clock::now();
+  float scale;
+  try {
+    scale = clip_scale(loss, norm, grad_clip, step_ + 1);
+  } catch (const std::runtime_error&) {
+    comm_.mark_failure_agreed();  // every rank holds the same loss and norm bits, and stops alike
+    throw;
+  }
+  update(lr, scale, opt);
+  try {
+    check_weights_finite();
+  } catch (const std::runtime_error&) {
+    comm_.mark_failure_agreed();  // every rank holds all the updated weights: the same verdict everywhere
+    throw;
+  }
+  ++step_;
   if (timing) {
     timing->fwd_bwd_s = std::chrono::duration<double>(t2 - t1).count();
-    timing->reduce_opt_s = std::chrono::duration<double>(t3 - t2).count();
+    timing->reduce_opt_s = seconds_since(t2);
   }
   return loss;
 }
 
 double Engine::estimate_loss(const std::vector<int32_t>& split, int iters, uint64_t seed) {
   if (iters <= 0) return NAN;
-  const size_t tasks = (size_t)iters * n_shards_;
-  if (eval_sums_.size() < tasks) eval_sums_.resize(tasks);
-  estimate_loss_tasks(split, iters, seed, 0, tasks, eval_sums_.data());
-  double total = 0;
-  for (size_t k = 0; k < tasks; ++k) total += eval_sums_[k];
-  return total / ((double)iters * batch_size_ * cfg_.block_size);
-}
-
-void Engine::estimate_loss_tasks(const std::vector<int32_t>& split, int iters, uint64_t seed, size_t k0, size_t k1,
-                                 double* sums) {
   const int T = cfg_.block_size;
-  Rng rng(seed);
   // All iters batches at once, so that every (batch, shard) is a task; the
   // buffers are the engine's, grown on the first call and reused after.
+  Rng rng(seed);
   const size_t tokens = (size_t)iters * batch_size_ * T;
   if (eval_inputs_.size() < tokens) eval_inputs_.resize(tokens), eval_targets_.resize(tokens);
   for (int i = 0; i < iters; ++i)
     sample_batch(split, batch_size_, T, rng, eval_inputs_.data() + (size_t)i * batch_size_ * T,
                  eval_targets_.data() + (size_t)i * batch_size_ * T);
-  pool_.for_each(k1 - k0, [&](size_t i) {
-    const size_t k = k0 + i;
-    const int it = (int)k / n_shards_, s = (int)k % n_shards_;
+  const Bounds tasks = even_split((size_t)iters * n_shards_, comm_.size());
+  const double total = ordered_task_sum(comm_, pool_, tasks, [&](size_t k) {
+    const int it = (int)(k / n_shards_), s = (int)(k % n_shards_);
     const int n0 = s * shard_size_, n = std::min(shard_size_, batch_size_ - n0);
     const size_t off = ((size_t)it * batch_size_ + n0) * T;
-    sums[i] = gpt_forward(*backend_, cfg_, param_view_, acts_.local(), eval_inputs_.data() + off,
-                          eval_targets_.data() + off, n, T);
-  });
+    return gpt_forward(*backend_, cfg_, param_view_, acts_.local(), eval_inputs_.data() + off,
+                       eval_targets_.data() + off, n, T);
+  }, task_values_);
+  return total / ((double)iters * batch_size_ * T);
 }
 
 size_t Engine::bytes_allocated() const {

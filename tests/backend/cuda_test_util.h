@@ -218,7 +218,7 @@ inline std::vector<double> train_losses(Engine& e, int steps, const std::vector<
 inline std::vector<float> weights_after(int threads, int steps, std::unique_ptr<Backend> be) {
   const Config cfg = small_config();
   const auto split = random_tokens(4000, cfg.vocab_size, 3);
-  Engine e(cfg, 6, 2, threads, 11, std::move(be));
+  Engine e(cfg, {.batch_size = 6, .shard_size = 2, .threads = threads, .seed = 11}, std::move(be));
   train_losses(e, steps, split);
   return std::vector<float>(e.params(), e.params() + e.num_params());
 }

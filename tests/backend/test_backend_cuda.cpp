@@ -240,7 +240,7 @@ AllocCount engine_schedule(int threads, int steps) {
   const auto split = random_tokens(4000, cfg.vocab_size, 3);
   AllocCount a{};
   {
-    Engine e(cfg, 6, 2, threads, 11, emulated_backend(log));  // 3 shards
+    Engine e(cfg, {.batch_size = 6, .shard_size = 2, .threads = threads, .seed = 11}, emulated_backend(log));  // 3 shards
     init_params(cfg, e.params(), 7);
     e.weights_loaded();  // after bind_weights: still one upload, not two
     CHECK(log.uploads_from(e.params(), e.num_params()) == 0);  // lazy: nothing before the first product
@@ -357,8 +357,8 @@ TEST_CASE("cuda backend on an emulated device: 10 training steps match the CPU t
   DeviceLog log;
   const Config cfg = small_config();
   const auto split = random_tokens(4000, cfg.vocab_size, 3);
-  Engine cpu(cfg, 6, 2, 2, 11);
-  Engine dev(cfg, 6, 2, 2, 11, emulated_backend(log));
+  Engine cpu(cfg, {.batch_size = 6, .shard_size = 2, .threads = 2, .seed = 11});
+  Engine dev(cfg, {.batch_size = 6, .shard_size = 2, .threads = 2, .seed = 11}, emulated_backend(log));
   const auto lc = train_losses(cpu, 10, split);
   const auto ld = train_losses(dev, 10, split);
   REQUIRE(lc.size() == 10u);

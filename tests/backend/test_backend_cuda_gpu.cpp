@@ -211,10 +211,10 @@ TEST_CASE("cuda gpu: 10 training steps match the CPU to 1e-4 relative") {
   if (!cuda_or_skip()) return;
   const Config cfg = small_config();
   const auto split = random_tokens(4000, cfg.vocab_size, 3);
-  Engine cpu(cfg, 6, 2, 2, 11);
+  Engine cpu(cfg, {.batch_size = 6, .shard_size = 2, .threads = 2, .seed = 11});
   auto recording = std::make_unique<test::RecordingBackend>(make_backend(cuda_options()));
   test::RecordingBackend& rec = *recording;
-  Engine gpu(cfg, 6, 2, 2, 11, std::move(recording));
+  Engine gpu(cfg, {.batch_size = 6, .shard_size = 2, .threads = 2, .seed = 11}, std::move(recording));
   const auto lc = train_losses(cpu, 10, split);
   const auto lg = train_losses(gpu, 10, split);
   for (int s = 0; s < 10; ++s) {
@@ -232,8 +232,8 @@ TEST_CASE("cuda gpu: bf16 training tracks the fp32 CPU within 2e-2 relative over
   if (!cuda_or_skip(false, Precision::bf16)) return;
   const Config cfg = small_config();
   const auto split = random_tokens(4000, cfg.vocab_size, 3);
-  Engine cpu(cfg, 6, 2, 2, 11);
-  Engine gpu(cfg, 6, 2, 2, 11, cuda_options(Precision::bf16));
+  Engine cpu(cfg, {.batch_size = 6, .shard_size = 2, .threads = 2, .seed = 11});
+  Engine gpu(cfg, {.batch_size = 6, .shard_size = 2, .threads = 2, .seed = 11}, cuda_options(Precision::bf16));
   const auto lc = train_losses(cpu, 10, split);
   const auto lg = train_losses(gpu, 10, split);
   for (int s = 0; s < 10; ++s) {

@@ -69,7 +69,8 @@ TEST_CASE("cuda switches: input cache, chunked copies and timers change no bit o
   auto on = emulated_backend(log_on, tuning(IC::on, 0, false));
   const Config cfg = small_config();
   const auto split = random_tokens(4000, cfg.vocab_size, 3);
-  Engine e_off(cfg, 6, 2, 1, 11, std::move(off)), e_on(cfg, 6, 2, 1, 11, std::move(on));
+  Engine e_off(cfg, {.batch_size = 6, .shard_size = 2, .threads = 1, .seed = 11}, std::move(off));
+  Engine e_on(cfg, {.batch_size = 6, .shard_size = 2, .threads = 1, .seed = 11}, std::move(on));
   train_losses(e_off, 2, split);
   train_losses(e_on, 2, split);
   DeviceStats s_off, s_on;
@@ -181,7 +182,7 @@ TEST_CASE("cuda timers: stats split the calls' time and count the bytes, and the
   auto be = emulated_backend(log, tuning(IC::on, 4096, true));
   const Config cfg = small_config();
   const auto split = random_tokens(4000, cfg.vocab_size, 3);
-  Engine e(cfg, 6, 2, 2, 11, std::move(be));
+  Engine e(cfg, {.batch_size = 6, .shard_size = 2, .threads = 2, .seed = 11}, std::move(be));
   train_losses(e, 2, split);
   DeviceStats s;
   REQUIRE(device_stats(e.backend(), &s));

@@ -305,7 +305,7 @@ struct Run {
 Run train_steps(const BackendOptions& bo, int threads, int steps) {
   static const Dataset ds = load_dataset(CHARGPT_DATA_FILE);
   const Config cfg = small_config(ds.tok.size());
-  Engine e(cfg, /*batch=*/12, /*shard=*/0, threads, /*seed=*/1337, bo);
+  Engine e(cfg, {.batch_size = 12, .shard_size = 0, .threads = threads, .seed = 1337}, bo);
   init_params(cfg, e.params(), 1337);
   e.weights_loaded();
   Run r;
@@ -348,7 +348,7 @@ TEST_CASE("onednn: the bf16 weight copy is refreshed once per step, over the who
   const Config cfg = small_config(ds.tok.size());
   auto recording = std::make_unique<test::RecordingBackend>(make_backend(kBf16));
   test::RecordingBackend& rec = *recording;
-  Engine e(cfg, 12, 0, 2, 1337, std::move(recording));
+  Engine e(cfg, {.batch_size = 12, .shard_size = 0, .threads = 2, .seed = 1337}, std::move(recording));
   CHECK(rec.weight_syncs() == 0);
   init_params(cfg, e.params(), 1337);
   e.weights_loaded();

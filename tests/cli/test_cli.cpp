@@ -333,7 +333,7 @@ TEST_CASE("cli: the training memory estimate covers what the engine allocates") 
     CHECK(est <= 1.02 * (double)acts.bytes() + 4096);
   }
   // One thread: one Activations; the estimate allows one per hardware thread up to the shard count.
-  chargpt::Engine e(cfg, 5, 2, 1, 1);
+  chargpt::Engine e(cfg, {.batch_size = 5, .shard_size = 2, .threads = 1, .seed = 1});
   std::vector<int32_t> split(5000);
   for (size_t i = 0; i < split.size(); ++i) split[i] = (int32_t)(i * 7 % 67);
   e.train_step(split, 1e-3f, 1.f, chargpt::AdamW{});

@@ -1,4 +1,5 @@
 // Several processes (dist.h): the partition of shards and chunks over ranks,
+// the agreement check,
 // the run fingerprint, and, when MPI is compiled in, `mpirun -np 2` and `-np 3`
 // runs against one process: the same weight bytes, exact resume across rank
 // counts, the same eval, a config mismatch as an error on every rank, and a
@@ -20,6 +21,7 @@
 #include "dist/dist.h"
 #include "base/hash.h"
 #include "base/rng.h"
+#include "engine/thread_collective.h"
 #include "train/train.h"
 #include "support.h"
 
@@ -95,11 +97,11 @@ bool mpi_tests_run() {
 TEST_CASE("dist: the partition gives each rank contiguous balanced shards and chunks that tile the parameters") {
   Config cfg;
   cfg.n_layer = 2, cfg.n_head = 2, cfg.n_embd = 32, cfg.block_size = 16, cfg.vocab_size = 13;
-  Engine e(cfg, 7, 2, 1, 1);
+  Engine e(cfg, {.batch_size = 7, .shard_size = 2, .threads = 1, .seed = 1});
   REQUIRE(e.n_shards() == 4);
   for (int R = 1; R <= 4; ++R) {
     CAPTURE(R);
-    const dist::Partition p = dist::make_partition(e.n_shards(), e.chunks(), e.num_params(), R);
+    const Partition p = make_partition(e.n_shards(), e.chunks(), e.num_params(), R);
     REQUIRE(p.shard_begin.size() == (size_t)R + 1);
     CHECK(p.shard_begin.front() == 0);
     CHECK(p.shard_begin.back() == 4);
@@ -117,11 +119,53 @@ TEST_CASE("dist: the partition gives each rank contiguous balanced shards and ch
     }
   }
   // 3 ranks over 4 shards: 1, 1, 2.
-  const dist::Partition p3 = dist::make_partition(4, e.chunks(), e.num_params(), 3);
+  const Partition p3 = make_partition(4, e.chunks(), e.num_params(), 3);
   CHECK(p3.shard_begin == std::vector<size_t>{0, 1, 2, 4});
-  CHECK_THROWS_WITH(dist::make_partition(4, e.chunks(), e.num_params(), 5),
+  CHECK_THROWS_WITH(make_partition(4, e.chunks(), e.num_params(), 5),
                     "5 ranks but the batch has only 4 shards: use at most 4 ranks, or a larger --batch-size or "
                     "smaller --shard-size");
+}
+
+TEST_CASE("dist: ranks that disagree on a value all stop with the same error naming it, as an agreed failure") {
+  using test::ThreadGroup;
+  using Items = std::vector<std::pair<std::string, uint64_t>>;
+  {
+    ThreadGroup g(3);
+    const auto errors = test::run_as_ranks(g, [](Collective& comm) {
+      check_agreement(comm, {{"--seed", comm.rank() == 2 ? 2u : 1u}, {"the data", 7}});
+    });
+    for (int r = 0; r < 3; ++r) {
+      CAPTURE(r);
+      CHECK(errors[r] == "ranks disagree on --seed: rank(s) 2 differ from rank 0; every rank must run the same "
+                         "build, flags, data and checkpoint (this is rank " + std::to_string(r) + " of 3)");
+      CHECK(g.agreed[r]);
+    }
+  }
+  {
+    ThreadGroup g(2);
+    const auto errors = test::run_as_ranks(g, [](Collective& comm) {
+      check_agreement(comm, comm.rank() == 0 ? Items{{"a", 1}} : Items{{"a", 1}, {"b", 2}});
+    });
+    for (const auto& e : errors) CHECK(e.starts_with("ranks disagree on the number of run properties to check"));
+  }
+  {
+    ThreadGroup g(3);
+    const auto errors = test::run_as_ranks(g, [](Collective& comm) { check_agreement(comm, {{"a", 1}, {"b", 2}}); });
+    for (int r = 0; r < 3; ++r) CHECK(errors[r] == "");
+    for (int r = 0; r < 3; ++r) CHECK_FALSE(g.agreed[r]);
+  }
+  // eval: ranks holding different weights are refused before any work is split.
+  Config cfg;
+  cfg.n_layer = 1, cfg.n_head = 2, cfg.n_embd = 16, cfg.block_size = 8, cfg.vocab_size = 5;
+  std::vector<int32_t> split(100);
+  for (size_t i = 0; i < split.size(); ++i) split[i] = (int32_t)(i * 7 % 5);
+  ThreadGroup g(2);
+  const auto errors = test::run_as_ranks(g, [&](Collective& comm) {
+    std::vector<float> w(num_params(cfg));
+    init_params(cfg, w.data(), comm.rank() == 0 ? 1 : 2);
+    evaluate_split(test::openblas_backend(), cfg, w.data(), split, 1, 8, comm);
+  });
+  for (const auto& e : errors) CHECK(e.starts_with("ranks disagree on the checkpoint's weights: rank(s) 1 differ"));
 }
 
 TEST_CASE("dist: the run fingerprint changes with the seed, the data and the weights, not with the threads or paths") {
@@ -133,7 +177,7 @@ TEST_CASE("dist: the run fingerprint changes with the seed, the data and the wei
   TrainOptions o;
   o.model = cfg;
   o.batch_size = 4;
-  Engine e(cfg, 4, 2, 1, o.seed);
+  Engine e(cfg, {.batch_size = 4, .shard_size = 2, .threads = 1, .seed = o.seed});
   init_params(cfg, e.params(), o.seed);
   const auto base = run_fingerprint(o, e, ds);
   REQUIRE(base.size() >= 8);
@@ -170,8 +214,10 @@ TEST_CASE("dist: mpi_info says whether MPI is compiled in") {
   if (dist::compiled_in()) CHECK(info.find("(compiled in)") != std::string::npos);
   else CHECK(info.find("not compiled in") != std::string::npos);
   CHECK(run_cli("info").output.find(info) != std::string::npos);
-  CHECK(dist::size() == 1);  // the test binary is not launched by mpirun
-  CHECK(dist::rank() == 0);
+  Collective& world = dist::world();  // the test binary is not launched by mpirun: this process alone
+  CHECK(world.size() == 1);
+  CHECK(world.rank() == 0);
+  CHECK(&world == &local_collective());
 }
 
 TEST_CASE("mpi: 2 and 3 ranks write the same weight and optimizer bytes as one process") {
@@ -345,6 +391,6 @@ TEST_CASE("dist: a build without MPI launched as several ranks refuses to train 
                 corpus + kTiny + " --steps 2 --eval-interval 0 --out " + (dir / "y.safetensors"));
   CHECK(r.status == 1);
   CHECK(r.output.find("this build of chargpt has no MPI") != std::string::npos);
-  CHECK(r.output.find("cannot train as 2 ranks under mpirun") != std::string::npos);
+  CHECK(r.output.find("cannot run as 2 ranks under mpirun") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "y.safetensors"));
 }

@@ -1,8 +1,9 @@
-// The backend choice and the engine's phases: names parse and a bad choice is one
-// clear error, the phases over any split of their ranges are one step, every
-// product goes through the backend naming a tensor of the bound table, and the
-// weight hook covers every parameter exactly once per optimizer step. (The
-// products themselves: tests/backend/test_conformance.cpp.)
+// The backend choice and the engine's step: names parse and a bad choice is one
+// clear error, the step over any number of ranks and threads is the same step,
+// a divergence stops every rank alike, every product goes through the backend
+// naming a tensor of the bound table, and the weight hook covers every parameter
+// exactly once per optimizer step. (The products themselves:
+// tests/backend/test_conformance.cpp.)
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -10,16 +11,22 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/backend.h"
 #include "backend/recording_backend.h"
+#include "engine/collective.h"
 #include "engine/engine.h"
+#include "engine/evaluate.h"
 #include "ops/ops.h"
 #include "base/rng.h"
+#include "engine/thread_collective.h"
 #include "support.h"
 
 using namespace chargpt;
+using chargpt::test::ThreadCollective;
+using chargpt::test::ThreadGroup;
 
 namespace {
 
@@ -45,43 +52,110 @@ TEST_CASE("backend: names parse, and an unusable choice is one clear error") {
   CHECK(backend_info().find("backends: openblas") != std::string::npos);
 }
 
-TEST_CASE("engine: the phases over split ranges are one train_step, bit for bit") {
+namespace {
+
+// What one rank of a run saw: per step the loss and norm, the weights, its
+// AdamW moments after the gather, a loss estimate and an exact evaluation.
+struct RankRun {
+  std::vector<double> losses, norms;
+  std::vector<float> params, m, v;
+  double estimate = 0, eval = 0;
+  std::string error;
+  bool agreed_failure = false;  // the error was marked as raised by every rank
+};
+
+// `steps` steps with clipping on (so the gathered norm matters) of a tiny model
+// on R ranks, each with `threads` threads.
+std::vector<RankRun> run_ranks(int R, int threads, int steps, bool poison = false, float lr = 1e-2f) {
   const Config cfg = test::tiny_config(11);
   const auto split = test::random_tokens(500, cfg.vocab_size, 3);
-  AdamW opt;
-  Engine whole(cfg, 7, 2, 2, 99), parts(cfg, 7, 2, 1, 99);
-  REQUIRE(whole.n_shards() == 4);
-  init_params(cfg, whole.params(), 5);
-  init_params(cfg, parts.params(), 5);
-  const size_t K = parts.n_chunks(), P = parts.num_params();
-  REQUIRE(K >= 3);
-  const float clip = 0.05f;
-  for (int step = 0; step < 3; ++step) {
-    double norm = 0;
-    const double loss = whole.train_step(split, 1e-2f, clip, opt, &norm);
-    parts.sample_next_batch(split);
-    parts.forward_backward(3, 4);  // any order, any split
-    parts.forward_backward(0, 3);
-    parts.reduce(K / 2, K);
-    parts.reduce(0, K / 2);
-    CHECK(parts.batch_loss() == loss);
-    CHECK(std::sqrt(parts.grad_norm_sq()) == norm);
-    const float scale = clip_scale(loss, norm, clip, step + 1);
-    parts.update(0, 1, 1e-2f, scale, opt);
-    parts.update(1, K, 1e-2f, scale, opt);
-    parts.finish_step();
-    CHECK(parts.step() == whole.step());
-    CHECK(same_bits(parts.params(), whole.params(), P));
-    CHECK(same_bits(parts.adam_m(), whole.adam_m(), P));
-    CHECK(same_bits(parts.adam_v(), whole.adam_v(), P));
+  ThreadGroup group(R);
+  std::vector<RankRun> runs(R);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < R; ++r)
+    ranks.emplace_back([&, r] {
+      ThreadCollective comm(group, r);
+      RankRun& out = runs[r];
+      try {
+        Engine e(cfg, {.batch_size = 7, .shard_size = 2, .threads = threads, .seed = 99}, BackendOptions{}, comm);
+        init_params(cfg, e.params(), 5);
+        if (poison) e.params()[3] = NAN;
+        e.weights_loaded();
+        AdamW opt;
+        for (int s = 0; s < steps; ++s) {
+          double norm = 0;
+          out.losses.push_back(e.train_step(split, lr, 0.05f, opt, &norm));
+          out.norms.push_back(norm);
+        }
+        e.gather_optimizer_state();
+        out.params.assign(e.params(), e.params() + e.num_params());
+        out.m.assign(e.adam_m(), e.adam_m() + e.num_params());
+        out.v.assign(e.adam_v(), e.adam_v() + e.num_params());
+        out.estimate = e.estimate_loss(split, 3, 17);
+        out.eval = evaluate_split(e.backend(), cfg, e.params(), split, threads, 3, comm).loss;
+      } catch (const std::exception& ex) {
+        out.error = ex.what();
+      }
+    });
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < R; ++r) runs[r].agreed_failure = group.agreed[r];
+  return runs;
+}
+
+}  // namespace
+
+TEST_CASE("engine: one step on 1, 2 and 3 ranks (threads as ranks) and 1 to 3 threads gives the same bits") {
+  const std::vector<RankRun> ref = run_ranks(1, 1, 3);
+  REQUIRE(ref[0].error == "");
+  REQUIRE(ref[0].losses.size() == 3);
+  CHECK(ref[0].norms[0] > 0.05);  // clipping is on
+  CHECK(std::isfinite(ref[0].estimate));
+  CHECK(std::isfinite(ref[0].eval));
+  for (int R : {1, 2, 3})
+    for (int threads : {1, 2, 3}) {
+      if (R == 1 && threads == 1) continue;
+      CAPTURE(R);
+      CAPTURE(threads);
+      const std::vector<RankRun> runs = run_ranks(R, threads, 3);
+      for (int r = 0; r < R; ++r) {
+        CAPTURE(r);
+        const RankRun& x = runs[r];
+        REQUIRE(x.error == "");
+        CHECK_FALSE(x.agreed_failure);
+        CHECK(x.losses == ref[0].losses);  // every rank: the same loss and norm bits
+        CHECK(x.norms == ref[0].norms);
+        CHECK(same_bits(x.params.data(), ref[0].params.data(), x.params.size()));
+        CHECK(x.estimate == ref[0].estimate);
+        CHECK(x.eval == ref[0].eval);
+      }
+      CHECK(same_bits(runs[0].m.data(), ref[0].m.data(), ref[0].m.size()));  // gathered on rank 0
+      CHECK(same_bits(runs[0].v.data(), ref[0].v.data(), ref[0].v.size()));
+    }
+}
+
+TEST_CASE("engine: a non-finite loss stops every rank at the same step with the same error, as an agreed failure") {
+  for (int R : {1, 3}) {
+    CAPTURE(R);
+    const std::vector<RankRun> runs = run_ranks(R, 1, 2, /*poison=*/true);
+    for (const RankRun& x : runs) {
+      CHECK(x.losses.empty());
+      CHECK(x.error.starts_with("non-finite loss at step 1 (loss nan"));
+      CHECK(x.agreed_failure);
+    }
   }
-  // The reduced gradient has its own buffer: the shards' buffers are left as backward wrote them,
-  // and the reduced one is their sum in shard order.
-  std::vector<float> sum(P);
-  for (size_t i = 0; i < P; ++i)
-    sum[i] = ((parts.shard_grad(0)[i] + parts.shard_grad(1)[i]) + parts.shard_grad(2)[i]) + parts.shard_grad(3)[i];
-  CHECK(parts.grad() != parts.shard_grad(0));
-  CHECK(same_bits(sum.data(), parts.grad(), P));
+}
+
+TEST_CASE("engine: weights that overflow in the update stop every rank at that step, as an agreed failure") {
+  for (int R : {1, 3}) {
+    CAPTURE(R);
+    const std::vector<RankRun> runs = run_ranks(R, 2, 2, /*poison=*/false, /*lr=*/1e38f);
+    for (const RankRun& x : runs) {
+      CHECK(x.losses.empty());  // the step that diverged returns no loss
+      CHECK(x.error.starts_with("non-finite weights after the update of step 1 (in '"));
+      CHECK(x.error.ends_with("'): the run diverged"));
+      CHECK(x.agreed_failure);
+    }
+  }
 }
 
 TEST_CASE("engine: every product goes through the backend and the weight hook covers each weight once a step") {
@@ -89,7 +163,7 @@ TEST_CASE("engine: every product goes through the backend and the weight hook co
   const auto split = test::random_tokens(500, cfg.vocab_size, 3);
   auto rec = std::make_unique<test::RecordingBackend>();
   test::RecordingBackend& r = *rec;
-  Engine e(cfg, 5, 2, 2, 7, std::move(rec));
+  Engine e(cfg, {.batch_size = 5, .shard_size = 2, .threads = 2, .seed = 7}, std::move(rec));
   REQUIRE(r.table.block == e.params());
   REQUIRE(r.table.floats == e.num_params());
   REQUIRE(r.table.tensors.size() == param_specs(cfg).size());
@@ -107,7 +181,7 @@ TEST_CASE("engine: every product goes through the backend and the weight hook co
   CHECK(r.forwards == per_shard * e.n_shards() * steps);
   CHECK(r.backwards == per_shard * e.n_shards() * steps);
   // And the result is the default engine's, bit for bit.
-  Engine ref(cfg, 5, 2, 1, 7);
+  Engine ref(cfg, {.batch_size = 5, .shard_size = 2, .threads = 1, .seed = 7});
   init_params(cfg, ref.params(), 7);
   ref.weights_loaded();
   for (int s = 0; s < steps; ++s) ref.train_step(split, 1e-3f, 1.f, opt);

@@ -198,7 +198,7 @@ TEST_CASE("model: a tiny batch is overfit to loss < 0.1") {
   // A split of block_size+2 tokens holds exactly two distinct windows.
   std::vector<int32_t> split(cfg.block_size + 2);
   split = test::random_tokens(split.size(), cfg.vocab_size, 9);
-  Engine e(cfg, 4, 1, 2, 1337);
+  Engine e(cfg, {.batch_size = 4, .shard_size = 1, .threads = 2, .seed = 1337});
   init_params(cfg, e.params(), 1337);
   e.weights_loaded();
   AdamW opt;

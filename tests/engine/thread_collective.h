@@ -1,0 +1,90 @@
+#pragma once
+// R ranks as R threads of one process, sharing memory: what MPI does between
+// processes (dist/dist_mpi.cpp), done with copies and a barrier, so that the
+// engine's step over several ranks is tested in every build. The engine cannot
+// tell the difference. Each rank's thread makes its own ThreadCollective.
+#include <doctest/doctest.h>
+
+#include <barrier>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/collective.h"
+
+namespace chargpt::test {
+
+struct ThreadGroup {
+  explicit ThreadGroup(int n) : R(n), sync(n), ptrs(n), shards(n), flags(n), agreed(n) {}
+  int R;
+  std::barrier<> sync;
+  std::vector<const void*> ptrs;
+  std::vector<const std::vector<float*>*> shards;
+  std::vector<char> flags, agreed;
+};
+
+class ThreadCollective final : public Collective {
+ public:
+  ThreadCollective(ThreadGroup& g, int rank) : g_(g), me_(rank) {}
+  int rank() const override { return me_; }
+  int size() const override { return g_.R; }
+  void all_gather(float* d, const Bounds& b) override { gather(d, b, true); }
+  void all_gather(double* d, const Bounds& b) override { gather(d, b, true); }
+  void all_gather(uint64_t* d, const Bounds& b) override { gather(d, b, true); }
+  void gather_to_root(float* d, const Bounds& b) override { gather(d, b, me_ == 0); }
+  void exchange_shard_grads(const Partition& p, const std::vector<float*>& mine) override {
+    g_.shards[me_] = &mine;
+    g_.sync.arrive_and_wait();
+    const size_t f0 = p.float_begin[me_], f1 = p.float_begin[me_ + 1];
+    for (int q = 0; q < g_.R; ++q)
+      for (size_t s = p.shard_begin[q]; s < p.shard_begin[q + 1]; ++s)
+        if (q != me_) std::memcpy(mine[s] + f0, (*g_.shards[q])[s] + f0, (f1 - f0) * sizeof(float));
+    g_.sync.arrive_and_wait();
+  }
+  bool any(bool local) override {
+    g_.flags[me_] = local;
+    g_.sync.arrive_and_wait();
+    bool any = false;
+    for (char f : g_.flags) any = any || f;
+    g_.sync.arrive_and_wait();
+    return any;
+  }
+  void mark_failure_agreed() override { g_.agreed[me_] = 1; }
+  CommStats stats() const override { return {}; }
+
+ private:
+  template <class T>
+  void gather(T* d, const Bounds& b, bool receive) {
+    REQUIRE(b.size() == (size_t)g_.R + 1);
+    g_.ptrs[me_] = d;
+    g_.sync.arrive_and_wait();
+    for (int q = 0; q < g_.R; ++q)
+      if (receive && q != me_) std::memcpy(d + b[q], (const T*)g_.ptrs[q] + b[q], (b[q + 1] - b[q]) * sizeof(T));
+    g_.sync.arrive_and_wait();
+  }
+  ThreadGroup& g_;
+  int me_;
+};
+
+// Runs f(comm) for every rank of g, each on its own thread; returns each rank's
+// error message ("" where f returned).
+template <class F>
+std::vector<std::string> run_as_ranks(ThreadGroup& g, const F& f) {
+  std::vector<std::string> errors(g.R);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < g.R; ++r)
+    ranks.emplace_back([&, r] {
+      ThreadCollective comm(g, r);
+      try {
+        f(comm);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : ranks) t.join();
+  return errors;
+}
+
+}  // namespace chargpt::test
