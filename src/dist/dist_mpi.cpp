@@ -1,5 +1,6 @@
 // The MPI transport of the training step (engine/engine.h has the scheme).
-// Compiled only when CMake finds MPI (CHARGPT_MPI). Only the main thread calls MPI (MPI_THREAD_FUNNELED); oneTBB workers never do.
+// Compiled only when CMake finds MPI (CHARGPT_MPI). Only the main thread calls
+// MPI (MPI_THREAD_FUNNELED); oneTBB workers never do.
 //
 // Failures: MPI_COMM_WORLD keeps Open MPI's default handler, errors are fatal,
 // so a broken link or a dead peer aborts the whole job (mpirun then kills every

@@ -50,6 +50,12 @@ Engine::Engine(const Config& cfg, const EngineOptions& opt, std::unique_ptr<Back
       acts_(cfg, shard_size_),
       data_rng_(opt.seed) {
   const size_t P = chargpt::num_params(cfg_);
+  // Chunk boundaries depend only on the model shape, never on the thread count.
+  constexpr size_t kChunk = 16384;
+  for (const auto& s : param_specs(cfg_))
+    for (size_t b = 0; b < s.numel; b += kChunk)
+      chunks_.push_back({s.offset + b, s.offset + std::min(s.numel, b + kChunk), s.decay});
+  part_ = make_partition(n_shards_, chunks_, P, comm_.size());  // before allocating: too many ranks fails fast
   params_.resize(P);
   m_.resize(P);
   v_.resize(P);
@@ -62,12 +68,6 @@ Engine::Engine(const Config& cfg, const EngineOptions& opt, std::unique_ptr<Back
     shard_grad_ptrs_.push_back(g.data());
     shard_grad_views_.push_back(param_views(cfg_, g.data()));
   }
-  // Chunk boundaries depend only on the model shape, never on the thread count.
-  constexpr size_t kChunk = 16384;
-  for (const auto& s : param_specs(cfg_))
-    for (size_t b = 0; b < s.numel; b += kChunk)
-      chunks_.push_back({s.offset + b, s.offset + std::min(s.numel, b + kChunk), s.decay});
-  part_ = make_partition(n_shards_, chunks_, P, comm_.size());
   inputs_.resize((size_t)batch_size_ * cfg_.block_size);
   targets_.resize((size_t)batch_size_ * cfg_.block_size);
 }
