@@ -69,8 +69,8 @@ TEST_CASE("cuda switches: input cache, chunked copies and timers change no bit o
   auto on = emulated_backend(log_on, tuning(IC::on, 0, false));
   const Config cfg = small_config();
   const auto split = random_tokens(4000, cfg.vocab_size, 3);
-  Engine e_off(cfg, {.batch_size = 6, .shard_size = 2, .threads = 1, .seed = 11}, std::move(off));
-  Engine e_on(cfg, {.batch_size = 6, .shard_size = 2, .threads = 1, .seed = 11}, std::move(on));
+  const EngineOptions eo{.batch_size = 6, .shard_size = 2, .threads = 1, .seed = 11};
+  Engine e_off(cfg, eo, std::move(off)), e_on(cfg, eo, std::move(on));
   train_losses(e_off, 2, split);
   train_losses(e_on, 2, split);
   DeviceStats s_off, s_on;
