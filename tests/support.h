@@ -6,13 +6,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -61,6 +64,19 @@ inline constexpr int kSanitizerRuntimeThreads = 1;
 #else
 inline constexpr int kSanitizerRuntimeThreads = 0;
 #endif
+
+// max_i |got_i - want_i| / (tol·S_i) of a product against its double reference, S_i the
+// sum of the magnitudes that went into element i: <= 1 passes; a NaN fails.
+inline double worst(const std::vector<float>& got, const std::vector<double>& want, const std::vector<double>& S,
+                    double tol) {
+  REQUIRE(got.size() == want.size());
+  double w = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double e = std::fabs((double)got[i] - want[i]) / (tol * S[i] + 1e-300);
+    w = std::max(w, std::isnan(e) ? std::numeric_limits<double>::infinity() : e);
+  }
+  return w;
+}
 
 // ---------------------------------------------------------------- files and commands
 

@@ -102,16 +102,7 @@ double fp32_tol(int K) { return gamma(K + 2); }
 // Against a reference whose inputs were rounded to bf16: S grows by at most (1+u)² with them.
 double rounded_tol(int K) { return gamma(K + 2) * (1 + 3 * kU); }
 
-// max_i |got_i - want_i| / (tol·S_i): <= 1 passes.
-double worst(const VF& got, const VD& want, const VD& S, double tol) {
-  REQUIRE(got.size() == want.size());
-  double w = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double e = std::fabs((double)got[i] - want[i]) / (tol * S[i] + 1e-300);
-    w = std::max(w, std::isnan(e) ? std::numeric_limits<double>::infinity() : e);
-  }
-  return w;
-}
+using chargpt::test::worst;
 // max_i |got_i - want_i| / S_i: the observed relative error, for the messages.
 double rel_err(const VF& got, const VD& want, const VD& S) { return worst(got, want, S, 1.0); }
 

@@ -59,16 +59,7 @@ double tolerance(Precision p, int K) {
   constexpr double u = 1.0 / 256;  // bf16 unit roundoff
   return (p == Precision::bf16 ? 2 * u + u * u : 0.0) + gamma(K + 2);
 }
-// max_i |got_i - want_i| / (tol·S_i): <= 1 passes; a NaN fails.
-double worst(const VF& got, const VD& want, const VD& S, double tol) {
-  REQUIRE(got.size() == want.size());
-  double w = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double e = std::fabs((double)got[i] - want[i]) / (tol * S[i] + 1e-300);
-    w = std::max(w, std::isnan(e) ? std::numeric_limits<double>::infinity() : e);
-  }
-  return w;
-}
+using chargpt::test::worst;
 
 struct Shape {
   int R, IC, OC;
