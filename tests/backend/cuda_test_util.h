@@ -227,4 +227,17 @@ inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) 
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
 }
 
+// The table of one weight [IC·OC] and one bias [OC] per product shape {R, IC, OC}: tensors 2i and
+// 2i + 1, laid out in order; the caller sets `block` to an array of table.floats floats.
+template <size_t N>
+WeightTable product_table(const int (&shapes)[N][3]) {
+  WeightTable table;
+  for (const auto& s : shapes) {
+    table.tensors.push_back({table.floats, (size_t)s[1] * s[2]});
+    table.tensors.push_back({table.floats + (size_t)s[1] * s[2], (size_t)s[2]});
+    table.floats += (size_t)s[1] * s[2] + s[2];
+  }
+  return table;
+}
+
 }  // namespace chargpt::cuda_test

@@ -286,12 +286,7 @@ TEST_CASE("cuda backend on an emulated device: linear products equal the CPU's")
   auto be = emulated_backend(log);
   Backend& cpu = test::openblas_backend();
   const int shapes[][3] = {{37, 50, 30}, {128, 128, 384}, {1, 31, 65}, {33, 96, 1}, {5, 1, 7}};
-  WeightTable table;  // tensors 2i, 2i + 1: shape i's weight and bias
-  for (const auto& s : shapes) {
-    table.tensors.push_back({table.floats, (size_t)s[1] * s[2]});
-    table.tensors.push_back({table.floats + (size_t)s[1] * s[2], (size_t)s[2]});
-    table.floats += (size_t)s[1] * s[2] + s[2];
-  }
+  WeightTable table = product_table(shapes);  // tensors 2i, 2i + 1: shape i's weight and bias
   const auto params = random_vec(table.floats, 1);
   table.block = params.data();
   be->bind_weights(table);

@@ -57,12 +57,7 @@ double linear_vs_cpu(Backend& be, bool bf16) {
   const double tol = bf16 ? 1e-4 : 1e-5;
   Backend& cpu = test::openblas_backend();
   const int shapes[][3] = {{37, 50, 30}, {1024, 384, 1152}, {1024, 1536, 384}, {128, 128, 65}, {1, 33, 31}, {97, 1, 5}};
-  WeightTable table;  // tensors 2i, 2i + 1: shape i's weight and bias
-  for (const auto& s : shapes) {
-    table.tensors.push_back({table.floats, (size_t)s[1] * s[2]});
-    table.tensors.push_back({table.floats + (size_t)s[1] * s[2], (size_t)s[2]});
-    table.floats += (size_t)s[1] * s[2] + s[2];
-  }
+  WeightTable table = product_table(shapes);  // tensors 2i, 2i + 1: shape i's weight and bias
   const auto params = random_vec(table.floats, 1);
   const auto params_r = bf16 ? bf16_round(params.data(), params.size()) : params;
   table.block = params.data();
