@@ -2,7 +2,7 @@
 // The one door for the model's matrix products. Every linear layer of the model
 // (forward and backward) and the KV-cache step's matrix-vector products go
 // through a Backend; no other file calls a BLAS library. OpenBLAS fp32 is the
-// default and the reference.
+// reference and the library's default; the command line's default is choose_backend's pick.
 //
 // A backend author implements three products (linear_forward, linear_backward,
 // matvec_forward), and, if the backend keeps its own copy of the weights (bf16,
@@ -36,12 +36,34 @@ struct BackendOptions {
   BackendKind kind = BackendKind::openblas;
   Precision precision = Precision::fp32;
   bool tf32 = false;  // CUDA only: allow TF32 tensor cores for fp32 products
+  // Why --backend auto picked `kind` (e.g. "AVX-512"); null for an explicit choice. For messages only:
+  // the products depend on kind and precision alone.
+  const char* auto_reason = nullptr;
 };
+
+// The backend --backend auto runs for a precision: the fastest product path of this build on a CPU
+// with these features, by a fixed rule (never by timing, so one machine always gets the same bits).
+//   fp32: onednn where it is compiled in and the CPU has AVX2 and FMA or AVX-512, else openblas.
+//   bf16: onednn where the CPU has AVX512-BF16 or AMX-BF16 and oneDNN can use them.
+// The evidence is in docs/performance.md ("Which backend --backend auto picks").
+struct AutoChoice {
+  BackendOptions opt;  // kind and precision; auto_reason says why
+  std::string error;   // non-empty: nothing here runs that precision; the one-line reason
+};
+AutoChoice choose_backend(Precision p, const CpuFeatures& cpu = cpu_features());
+// The rule as `chargpt info` prints it: what auto picks here for fp32 and bf16, and why.
+std::string auto_choice_info();
+
+// "onednn fp32", "cuda fp32 tf32": what runs the products (checkpoints record it), and with
+// the auto reason where there is one: "onednn fp32 (auto: AVX-512)" (run headers).
+std::string backend_text(const BackendOptions& opt);
+std::string backend_choice_text(const BackendOptions& opt);
 
 const char* backend_name(BackendKind kind);
 const char* precision_name(Precision p);
 // Parses a backend name of the registry ("openblas", "onednn", "cuda") and "fp32" | "bf16";
-// throws std::invalid_argument naming the value and the choices.
+// throws std::invalid_argument naming the value and the choices ("auto" is the command line's:
+// it resolves through choose_backend, so no BackendKind is "auto").
 BackendKind parse_backend(const std::string& s);
 Precision parse_precision(const std::string& s);
 

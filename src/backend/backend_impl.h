@@ -32,6 +32,9 @@ struct BackendEntry {
 
 constexpr unsigned precision_bit(Precision p) { return 1u << (unsigned)p; }
 
+// "" when the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16), else the one line saying so.
+std::string bf16_cpu_missing(const CpuFeatures& cpu);
+
 // Every backend this program knows, in --backend's order.
 const std::vector<BackendEntry>& backend_registry();
 
@@ -41,11 +44,9 @@ BackendEntry openblas_entry();  // backend_openblas.cpp
 BackendEntry onednn_entry();  // backend_onednn.cpp
 // The implementation oneDNN picks for an M×N×K product in that precision (e.g. "brg:avx512_core_amx_bf16").
 std::string onednn_impl_name(Precision p, int M, int N, int K);
-// Whether oneDNN has bf16 kernels on this CPU (AVX512-BF16 or AMX); bf16 runs without them
-// only emulated. The registry offers bf16 only on AMX (elsewhere it is slower than fp32),
-// the conformance tests run it wherever the kernels exist.
+// Whether oneDNN has bf16 kernels on this CPU (AVX512-BF16 or AMX) and may use them
+// (DNNL_MAX_CPU_ISA can forbid it); bf16 runs without them only emulated, and is not offered.
 bool onednn_has_bf16_kernels();
-bool cpu_has_amx_bf16();  // CPUID leaf 7: AMX-BF16 and AMX-TILE
 #endif
 #ifdef CHARGPT_HAVE_CUDA
 BackendEntry cuda_entry();  // backend_cuda_loader.cpp

@@ -1,5 +1,5 @@
 // The oneDNN backend (compiled in with CHARGPT_HAVE_ONEDNN): the linear layers'
-// products as oneDNN matmul primitives, in fp32 or in bf16 on AMX tiles.
+// products as oneDNN matmul primitives, in fp32 or in bf16 (AVX512-BF16 or AMX tiles).
 //
 // bf16. The fp32 parameter block stays the master copy; this backend keeps a bf16
 // copy of the whole block (same layout), refreshed by weights_changed() for the
@@ -39,8 +39,6 @@
 
 namespace chargpt {
 
-bool cpu_has_amx_bf16() { return cpu_features().amx(); }
-
 namespace {
 
 using dnnl::memory;
@@ -59,8 +57,6 @@ const char* isa_name(dnnl::cpu_isa isa) {
     default: return "other";
   }
 }
-
-bool onednn_can_use_amx() { return dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx512_core_amx; }
 
 // One product C[M,N] (fp32, row stride ldc) = A[M,K] · B[K,N] (+ bias[N]) (+ sum_scale·C),
 // A and B given by their element strides so that transposes cost nothing.
@@ -251,15 +247,14 @@ class OneDnnBackend final : public Backend {
 
 std::unique_ptr<Backend> make_onednn(const BackendOptions& opt) { return std::make_unique<OneDnnBackend>(opt.precision); }
 
-// bf16 is offered on AMX only: without it bf16 products are slower than fp32 here.
+// bf16 is offered where oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX-BF16):
+// without them it would emulate bf16, slower than fp32.
 std::string onednn_unavailable(const BackendOptions& opt) {
   if (opt.precision != Precision::bf16) return "";
-  if (!cpu_has_amx_bf16())
-    return "--precision bf16 needs a CPU with AMX (amx_bf16, CPUID leaf 7 EDX bit 22) and this one has none; "
-           "without AMX, bf16 products are slower than fp32 here: use --precision fp32";
-  if (!onednn_can_use_amx())
-    return std::string("--precision bf16: the CPU has AMX but oneDNN cannot use it (its ISA is ") +
-           isa_name(dnnl::get_effective_cpu_isa()) +
+  if (std::string missing = bf16_cpu_missing(cpu_features()); !missing.empty()) return missing;
+  if (!onednn_has_bf16_kernels())
+    return std::string("--precision bf16: the CPU has ") + (cpu_features().amx() ? "AMX-BF16" : "AVX512-BF16") +
+           " but oneDNN cannot use it (its ISA is " + isa_name(dnnl::get_effective_cpu_isa()) +
            ": DNNL_MAX_CPU_ISA set lower, or the kernel refused AMX); use --precision fp32";
   return "";
 }
@@ -268,8 +263,9 @@ std::string onednn_info() {
   const dnnl_version_t* v = dnnl::version();
   std::string s = "onednn: " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
                   std::to_string(v->patch) + " (isa " + isa_name(dnnl::get_effective_cpu_isa()) + ", cpu amx_bf16 " +
-                  (cpu_has_amx_bf16() ? "yes" : "no") + ")";
-  if (cpu_has_amx_bf16() && onednn_can_use_amx())
+                  (cpu_features().amx() ? "yes" : "no") + ", avx512_bf16 " + (cpu_features().avx512_bf16 ? "yes" : "no") +
+                  ")";
+  if (onednn_has_bf16_kernels())
     s += "\nonednn bf16 matmul: " + onednn_impl_name(Precision::bf16, 128, 384, 128);
   return s;
 }
@@ -282,8 +278,9 @@ BackendEntry onednn_entry() {
 }
 
 bool onednn_has_bf16_kernels() {
-  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
-  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+  // oneDNN's ISA values are nested bit sets: every ISA from avx512_core_bf16 up (AMX included) holds its bits.
+  const auto isa = (unsigned)dnnl::get_effective_cpu_isa(), bf16 = (unsigned)dnnl::cpu_isa::avx512_core_bf16;
+  return (isa & bf16) == bf16;
 }
 
 std::string onednn_impl_name(Precision p, int M, int N, int K) {

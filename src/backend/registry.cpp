@@ -21,7 +21,8 @@ BackendEntry missing(BackendKind kind) {
           nullptr,
           [] { return std::string(Name) + ": not compiled in (configure with " + Option + ")"; }};
 }
-[[maybe_unused]] constexpr char kOnednn[] = "onednn", kOnednnOpt[] = "-DCHARGPT_ONEDNN=ON";
+constexpr char kOnednnOpt[] = "-DCHARGPT_ONEDNN=ON";
+[[maybe_unused]] constexpr char kOnednn[] = "onednn";
 [[maybe_unused]] constexpr char kCuda[] = "cuda", kCudaOpt[] = "-DCHARGPT_CUDA=ON";
 
 const BackendEntry& entry(BackendKind kind) {
@@ -57,7 +58,58 @@ BackendKind parse_backend(const std::string& s) {
     if (s == e.name) return e.kind;
     names += (names.empty() ? "" : ", ") + std::string(e.name);
   }
-  throw std::invalid_argument("backend '" + s + "' is not one of: " + names);
+  throw std::invalid_argument("backend '" + s + "' is not one of: auto, " + names);
+}
+
+std::string bf16_cpu_missing(const CpuFeatures& cpu) {
+  if (cpu.bf16()) return "";
+  return "--precision bf16 needs AVX512-BF16 or AMX-BF16; this CPU has neither (" + cpu_features_text(cpu) + ")";
+}
+
+// The rule, from the measurements in docs/performance.md ("Which backend --backend auto picks"):
+// oneDNN's fp32 products ran 1.8x OpenBLAS's on AVX-512 (Zen 5) and level with it to 1.14x on
+// AVX2 (Zen 3: baby 38.4 vs 38.1 ms, nanogpt 7 326 vs 8 317 ms); without AVX2 nothing was measured,
+// so the reference stays. bf16 is offered where the CPU multiplies bf16 itself.
+AutoChoice choose_backend(Precision p, const CpuFeatures& cpu) {
+  AutoChoice c;
+  c.opt.precision = p;
+  const bool have_onednn = entry(BackendKind::onednn).make != nullptr;
+  if (p == Precision::fp32) {
+    const char* why = !have_onednn  ? "no oneDNN in this build"
+                      : cpu.avx512() ? "AVX-512"
+                      : cpu.avx2 && cpu.fma ? "AVX2"
+                                            : "no AVX2";
+    c.opt.kind = have_onednn && (cpu.avx512() || (cpu.avx2 && cpu.fma)) ? BackendKind::onednn : BackendKind::openblas;
+    c.opt.auto_reason = why;
+    return c;
+  }
+  c.opt.kind = BackendKind::onednn;
+  c.opt.auto_reason = cpu.amx() ? "AMX-BF16" : "AVX512-BF16";
+  if (!cpu.bf16()) c.error = bf16_cpu_missing(cpu);
+  else if (!have_onednn)
+    c.error = std::string("--precision bf16 runs on oneDNN, which this build lacks (configure with ") + kOnednnOpt + ")";
+  if (!c.error.empty() && entry(BackendKind::cuda).make) c.error += "; --backend cuda runs bf16 on a GPU";
+  return c;
+}
+
+std::string backend_text(const BackendOptions& opt) {
+  return std::string(backend_name(opt.kind)) + " " + precision_name(opt.precision) + (opt.tf32 ? " tf32" : "");
+}
+
+std::string backend_choice_text(const BackendOptions& opt) {
+  return backend_text(opt) + (opt.auto_reason ? std::string(" (auto: ") + opt.auto_reason + ")" : "");
+}
+
+std::string auto_choice_info() {
+  std::string s = "auto picks: ";
+  for (Precision p : {Precision::fp32, Precision::bf16}) {
+    const AutoChoice c = choose_backend(p);
+    if (p == Precision::bf16) s += "; with --precision bf16: ";
+    s += c.error.empty() ? backend_choice_text(c.opt) : "none (" + c.error + ")";
+  }
+  return s +
+         "\nauto rule: fp32 on onednn where the build has it and the CPU has AVX2 and FMA or AVX-512, else openblas; "
+         "bf16 on onednn where the CPU has AVX512-BF16 or AMX-BF16; fixed by the CPU and the build, never by timing";
 }
 
 // The backends offering what `has` asks for, e.g. "onednn" or "openblas, onednn".
@@ -98,7 +150,7 @@ std::string backend_info() {
     if (e.make) names += (names.empty() ? "" : ", ") + std::string(e.name);
     lines += "\n" + e.info();
   }
-  return "backends: " + names + lines;
+  return "backends: " + names + "\n" + auto_choice_info() + lines;
 }
 
 }  // namespace chargpt

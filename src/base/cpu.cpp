@@ -2,6 +2,8 @@
 
 #include <cpuid.h>
 
+#include <cstring>
+
 namespace chargpt {
 
 namespace {
@@ -42,5 +44,25 @@ std::string cpu_features_text(const CpuFeatures& f) {
   add(f.amx_bf16, "amx_bf16");
   return s.empty() ? "(none of avx2, avx512, amx)" : s;
 }
+
+const std::string& cpu_model_name() {
+  static const std::string name = [] {
+    unsigned r[12] = {};
+    if (__get_cpuid_max(0x80000000u, nullptr) < 0x80000004u) return std::string("unknown CPU");
+    for (unsigned i = 0; i < 3; ++i) __get_cpuid(0x80000002u + i, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+    char text[49] = {};
+    std::memcpy(text, r, 48);
+    std::string s = text;
+    // Vendors pad the string with spaces (and some hypervisors leave runs of them inside).
+    std::string out;
+    for (char c : s)
+      if (c != ' ' || (!out.empty() && out.back() != ' ')) out += c;
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    return out.empty() ? std::string("unknown CPU") : out;
+  }();
+  return name;
+}
+
+std::string cpu_description() { return cpu_model_name() + " (" + cpu_features_text() + ")"; }
 
 }  // namespace chargpt

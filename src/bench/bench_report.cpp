@@ -181,9 +181,9 @@ void print_bench_table(const BenchResult& r, std::ostream& out) {
   out << line;
   std::snprintf(line, sizeof line,
                 "%d hardware threads; %d rounds x %d timed steps per setting (+%d warmup), interleaved; "
-                "data %s; OpenBLAS kernels: %s; products: %s %s\n",
+                "data %s; OpenBLAS kernels: %s; products: %s\n",
                 r.hardware_threads, r.opt.rounds, r.opt.steps, r.opt.warmup, r.data_path.c_str(), r.blas_core.c_str(),
-                backend_name(r.opt.backend.kind), precision_name(r.opt.backend.precision));
+                backend_choice_text(r.opt.backend).c_str());
   out << line;
   if (r.load_before >= 0) {
     std::snprintf(line, sizeof line,
@@ -327,6 +327,7 @@ nlohmann::json bench_json(const BenchResult& r) {
                  {"blas_core", r.blas_core},
                  {"backend", backend_name(r.opt.backend.kind)},
                  {"precision", precision_name(r.opt.backend.precision)},
+                 {"backend_auto", r.opt.backend.auto_reason ? nlohmann::json(r.opt.backend.auto_reason) : nlohmann::json()},
                  {"peak_rss_note", "process high-water mark after the setting's first round; includes the engines "
                                    "of earlier settings"}};
   json sg = json::object();

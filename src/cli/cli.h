@@ -152,7 +152,7 @@ bool parse_args(Args& args, cxxopts::Options& o, int argc, char** argv) {
 }
 // --backend, --precision and --tf32 of train, eval, sample and bench.
 struct BackendArgs {
-  std::optional<std::string> backend;
+  std::string backend = "auto";
   std::string precision = "fp32";
   bool tf32 = false;
 
@@ -160,14 +160,16 @@ struct BackendArgs {
   void for_each(V&& v) {
     v.group("Backend");
     v(backend, "backend",
-      "where the matrix products run: openblas, onednn or cuda (default: openblas; onednn with --precision bf16)");
+      "where the matrix products run: auto, openblas, onednn or cuda (auto: the fastest CPU path this build has "
+      "for this CPU and --precision, by a fixed rule that `chargpt info` prints)");
     v(precision, "precision",
-      "fp32, or bf16 (onednn on a CPU with AMX, or cuda: fp32 master weights, bf16 product inputs, fp32 sums and "
-      "outputs)");
+      "fp32, or bf16 (onednn on a CPU with AVX512-BF16 or AMX-BF16, or cuda: fp32 master weights, bf16 product "
+      "inputs, fp32 sums and outputs)");
     v(tf32, "tf32", "cuda only: allow TF32 tensor cores for fp32 products (off by default, so results stay "
                     "comparable with the CPU's)");
   }
-  // The choice, checked (UsageError naming the flag).
+  // The choice, checked (UsageError naming the flag), with auto resolved to a backend (choose_backend;
+  // std::runtime_error when nothing here runs that precision).
   BackendOptions resolve() const;
 };
 

@@ -125,10 +125,14 @@ BackendOptions BackendArgs::resolve() const {
   BackendOptions b;
   try {
     b.precision = parse_precision(precision);
-    if (backend) b.kind = parse_backend(*backend);
-    else if (b.precision == Precision::bf16) b.kind = BackendKind::onednn;
+    if (backend != "auto") b.kind = parse_backend(backend);
   } catch (const std::invalid_argument& e) {
     throw UsageError(std::string("--") + e.what());
+  }
+  if (backend == "auto") {
+    const AutoChoice c = choose_backend(b.precision);
+    if (!c.error.empty()) throw std::runtime_error(c.error);
+    b = c.opt;
   }
   b.tf32 = tf32;
   if (const std::string bad = backend_options_error(b); !bad.empty()) throw UsageError(bad);

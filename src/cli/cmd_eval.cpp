@@ -70,7 +70,8 @@ int cmd_eval(int argc, char** argv) {
                                 {"tokens", e.tokens}}.dump()
               << "\n";
   } else {
-    std::printf("%s loss %.4f over %zu tokens (%s)\n", a.split.c_str(), e.loss, e.tokens, a.checkpoint.c_str());
+    std::printf("%s loss %.4f over %zu tokens (%s; products: %s)\n", a.split.c_str(), e.loss, e.tokens,
+                a.checkpoint.c_str(), backend_choice_text(bo).c_str());
   }
   return 0;
 }

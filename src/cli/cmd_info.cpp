@@ -32,7 +32,7 @@ int cmd_info(int argc, char** argv) {
   std::printf("compiler: GCC %s, C++%ld\n", __VERSION__, (long)__cplusplus / 100 % 100);
 #endif
   std::printf("onetbb: %s (runtime %s)\n", TBB_VERSION_STRING, TBB_runtime_version());
-  std::printf("cpu: %s\n", cpu_features_text().c_str());
+  std::printf("cpu: %s\n", cpu_description().c_str());
   std::printf("%s\n", backend_info().c_str());
   std::printf("%s\n", dist::mpi_info().c_str());
   return 0;

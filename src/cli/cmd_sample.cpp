@@ -156,9 +156,9 @@ int cmd_sample(int argc, char** argv) {
   } else {
     if (isatty(STDOUT_FILENO)) write_out("\n");  // a terminal gets its prompt back on a new line
     std::fprintf(stderr, "chargpt sample: %d tokens in %.3fs, %.0f tokens/s (%.3f ms/token), %s, %d thread%s, "
-                 "peak memory %.1f MiB\n",
+                 "products: %s, peak memory %.1f MiB\n",
                  st.new_tokens, st.seconds, tok_s, ms_tok, g.kv_cache ? "KV cache" : "no KV cache", st.threads,
-                 st.threads == 1 ? "" : "s", rss_mb);
+                 st.threads == 1 ? "" : "s", backend_choice_text(bo).c_str(), rss_mb);
   }
   return 0;
 }

@@ -92,8 +92,10 @@ void save_training_checkpoint(const std::string& weights_path, const Config& cfg
   // 1. Both new files, complete and on disk, under temporary names.
   try {
     const std::string ochecksum = write_safetensors_synced(otmp, {{"adamw.m", {P}, m}, {"adamw.v", {P}, v}}, ometa);
-    write_safetensors_synced(wtmp, model_tensors(cfg, params),
-                      model_metadata(cfg, tok, {{"step", std::to_string(st.step)}, {"optim_checksum", ochecksum}}));
+    Metadata wextra{{"step", std::to_string(st.step)}, {"optim_checksum", ochecksum}};
+    if (!st.trained_with.empty()) wextra["trained_with"] = st.trained_with;
+    if (!st.trained_on.empty()) wextra["trained_on"] = st.trained_on;
+    write_safetensors_synced(wtmp, model_tensors(cfg, params), model_metadata(cfg, tok, wextra));
   } catch (...) {
     remove_quietly(otmp);
     remove_quietly(wtmp);
@@ -174,6 +176,8 @@ TrainState load_optimizer_state(const std::string& weights_path, const Model& mo
                                "] = " + std::to_string(*neg) + "), which AdamW never writes: it cannot be resumed from");
     TrainState st;
     st.step = wstep;
+    if (auto it = wmeta.find("trained_with"); it != wmeta.end()) st.trained_with = it->second.substr(0, 200);
+    if (auto it = wmeta.find("trained_on"); it != wmeta.end()) st.trained_on = it->second.substr(0, 200);
     try {
       st.data_rng = decode_rng_state(get("data_rng"));
     } catch (const std::exception& e) {

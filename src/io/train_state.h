@@ -42,6 +42,10 @@ struct TrainState {
   int batch_size = 0;
   uint64_t data_hash = 0, data_bytes = 0;  // of the training text (Dataset::text_hash/bytes)
   std::string data_path;                   // as given when saved, for messages only
+  // What computed the run's products, kept in the weights file's metadata so that a resume can say
+  // when its bits will differ from an uninterrupted run's; "" when the file does not record it.
+  std::string trained_with;  // "trained_with": backend and precision, e.g. "onednn fp32"
+  std::string trained_on;    // "trained_on": the CPU, e.g. "AMD EPYC (avx2 fma avx512f avx512bw avx512_bf16)"
 };
 
 // The RNG state as text (4 words of 16 hex digits) and back; decode throws on anything else.

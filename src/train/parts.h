@@ -26,6 +26,9 @@ FileLock check_outputs(const TrainOptions& o, const Collective& comm);
 struct RunStart {
   Dataset ds;
   std::unique_ptr<Engine> engine;
+  // Resumed with other products than the saved run's (backend, precision or CPU): the line that says
+  // so; else "".
+  std::string resume_note = {};
 };
 RunStart start_run(const TrainOptions& o, Collective& comm);
 
@@ -58,6 +61,8 @@ class Reporter {
  public:
   Reporter(const TrainOptions& o, std::ostream& out, const Engine& e);
   void header(const Dataset& ds);
+  // A line the user should see beside the progress (stderr) and find in the log ({"type":"note"}).
+  void note(const std::string& text);
   void evaluation(int step, const Losses& l);
   void step(int step, double loss, float lr, double grad_norm, double step_s);
   void interrupted(int step);

@@ -45,16 +45,24 @@ Reporter::Reporter(const TrainOptions& o, std::ostream& out, const Engine& e)
 void Reporter::header(const Dataset& ds) {
   if (o_.quiet) return;
   const Config& cfg = e_.cfg();
-  char line[256];
+  const std::string products =
+      e_.backend().name() + (o_.backend.auto_reason ? std::string(" (auto: ") + o_.backend.auto_reason + ")" : "");
+  char line[320];
   std::snprintf(line, sizeof line,
-                "chargpt train: %zu parameters (L=%d H=%d C=%d T=%d V=%d), batch %d = %d shards of %d, %d threads, %s%s\n",
+                "chargpt train: %zu parameters (L=%d H=%d C=%d T=%d V=%d), batch %d = %d shards of %d, %d threads, "
+                "products: %s%s\n",
                 e_.num_params(), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, o_.batch_size,
-                e_.n_shards(), e_.shard_size(), e_.threads(), e_.backend().name().c_str(),
-                o_.resume ? ", resumed" : "");
+                e_.n_shards(), e_.shard_size(), e_.threads(), products.c_str(), o_.resume ? ", resumed" : "");
   out_ << line;
   std::snprintf(line, sizeof line, "data: %s (%zu train / %zu val tokens); steps %d -> %d\n", o_.data_path.c_str(),
                 ds.train.size(), ds.val.size(), e_.step(), o_.steps);
   out_ << line << std::flush;
+}
+
+void Reporter::note(const std::string& text) {
+  if (text.empty()) return;
+  log_.write(json{{"type", "note"}, {"step", e_.step()}, {"text", text}});
+  if (!o_.quiet) std::cerr << "chargpt train: " << text << "\n" << std::flush;
 }
 
 void Reporter::evaluation(int step, const Losses& l) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "base/cpu.h"
 #include "base/hash.h"
 #include "engine/memory.h"
 #include "train/parts.h"
@@ -14,10 +15,24 @@ namespace chargpt {
 
 namespace {
 
+// The products of this run on this CPU, and the line saying so when the resumed run's were others
+// (a run may change backend: it is allowed, but its bits are no longer an uninterrupted run's).
+std::string resume_note(const TrainState& st, const BackendOptions& now) {
+  if (st.trained_with.empty()) return "";  // a checkpoint that does not record it
+  const std::string with = backend_text(now), on = cpu_description();
+  if (st.trained_with != with)
+    return "resuming a run trained with " + st.trained_with + " on " + st.trained_on + "; this run uses " + with +
+           ": the weights will differ from an uninterrupted run";
+  if (st.trained_on != on)
+    return "resuming a run trained with " + st.trained_with + " on " + st.trained_on + "; this run uses " + with +
+           " on " + on + ": the weights may differ from an uninterrupted run";
+  return "";
+}
+
 // The optimizer state that pairs with the resumed weights, and the checks that
-// the run continues with what it started with.
-void load_resume_state(const TrainOptions& opt, const Model& model, const Metadata& wmeta, const Dataset& ds,
-                       Engine& e) {
+// the run continues with what it started with. Returns resume_note's line.
+std::string load_resume_state(const TrainOptions& opt, const Model& model, const Metadata& wmeta, const Dataset& ds,
+                              Engine& e) {
   const TrainState st = load_optimizer_state(opt.out_path, model, wmeta, e.adam_m(), e.adam_v());
   if (st.has_run_identity) {
     const std::string from = "the run saved in '" + opt.out_path + "'";
@@ -36,6 +51,7 @@ void load_resume_state(const TrainOptions& opt, const Model& model, const Metada
   std::memcpy(e.params(), model.params.data(), e.num_params() * sizeof(float));
   e.set_step(st.step);
   e.data_rng().s = st.data_rng;
+  return resume_note(st, opt.backend);
 }
 
 }  // namespace
@@ -60,7 +76,7 @@ RunStart start_run(const TrainOptions& o, Collective& comm) {
       check_memory_need("loading --data '" + o.data_path + "' (" + std::to_string((long long)size) + " bytes)",
                         size * kDatasetBytesPerFileByte, "use a smaller text");
   }
-  RunStart run{load_dataset(o.data_path, o.resume ? &resumed.tok : nullptr), nullptr};
+  RunStart run{load_dataset(o.data_path, o.resume ? &resumed.tok : nullptr), nullptr, ""};
   const Dataset& ds = run.ds;
   cfg.vocab_size = ds.tok.size();
   cfg.validate();
@@ -83,7 +99,7 @@ RunStart start_run(const TrainOptions& o, Collective& comm) {
       cfg, EngineOptions{.batch_size = o.batch_size, .shard_size = o.shard_size, .threads = o.threads, .seed = o.seed},
       o.backend, comm);
   Engine& e = *run.engine;
-  if (o.resume) load_resume_state(o, resumed, wmeta, ds, e);
+  if (o.resume) run.resume_note = load_resume_state(o, resumed, wmeta, ds, e);
   else init_params(cfg, e.params(), o.seed);
   e.weights_loaded();
   check_agreement(comm, run_fingerprint(o, e, ds));
@@ -127,6 +143,8 @@ void Saver::save(Engine& e) {
     st.data_hash = ds.text_hash;
     st.data_bytes = ds.text_bytes;
     st.data_path = opt.data_path;
+    st.trained_with = backend_text(opt.backend);
+    st.trained_on = cpu_description();
     try {
       save_training_checkpoint(opt.out_path, e.cfg(), ds.tok, e.params(), e.adam_m(), e.adam_v(), st);
     } catch (const std::exception& ex) {

@@ -20,6 +20,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& out) {
   Reporter report(o, out, e);
   Saver saver{o, ds};
   report.header(ds);
+  report.note(run.resume_note);
 
   const int decay_steps = o.lr_decay_steps > 0 ? o.lr_decay_steps : o.steps;
   const int start_step = e.step();
