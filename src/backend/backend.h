@@ -62,8 +62,8 @@ std::string backend_choice_text(const BackendOptions& opt);
 const char* backend_name(BackendKind kind);
 const char* precision_name(Precision p);
 // Parses a backend name of the registry ("openblas", "onednn", "cuda") and "fp32" | "bf16";
-// throws std::invalid_argument naming the value and the choices ("auto" is the command line's:
-// it resolves through choose_backend, so no BackendKind is "auto").
+// throws std::invalid_argument naming the value and the choices. The choices named include "auto",
+// which the command line resolves through choose_backend before it parses a name (no BackendKind is auto).
 BackendKind parse_backend(const std::string& s);
 Precision parse_precision(const std::string& s);
 

@@ -39,7 +39,7 @@ TEST_CASE("backend: names parse, and an unusable choice is one clear error") {
   CHECK(parse_backend("onednn") == BackendKind::onednn);
   CHECK(parse_backend("cuda") == BackendKind::cuda);
   CHECK(parse_precision("bf16") == Precision::bf16);
-  CHECK_THROWS_WITH_AS(parse_backend("mkl"), "backend 'mkl' is not one of: openblas, onednn, cuda",
+  CHECK_THROWS_WITH_AS(parse_backend("mkl"), "backend 'mkl' is not one of: auto, openblas, onednn, cuda",
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(parse_precision("fp16"), "precision 'fp16' is not one of: fp32, bf16", std::invalid_argument);
   const std::string bf16_on_openblas = backend_options_error({BackendKind::openblas, Precision::bf16, false});
