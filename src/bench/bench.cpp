@@ -120,7 +120,19 @@ static void add_device_delta(DeviceSplit& d, const DeviceStats& a, const DeviceS
 // ---------------------------------------------------------------------------
 // Amdahl fit
 
-AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards) {
+std::vector<MemoryRow> memory_rows(const std::vector<int>& threads, int vocab_size) {
+  std::vector<MemoryRow> out;
+  for (const Preset& p : kPresets) out.push_back({p.name, p.model, p.batch_size, 0, {}});
+  out.push_back({"124M", {.block_size = 256, .n_layer = 12, .n_head = 12, .n_embd = 768}, 64, 0, {}});
+  for (MemoryRow& m : out) {
+    m.model.vocab_size = vocab_size;
+    m.n_params = num_params(m.model);
+    for (int t : threads) m.bytes.push_back(estimate_train_bytes(m.model, m.batch_size, 0, t));
+  }
+  return out;
+}
+
+AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards, int blocks) {
   AmdahlFit f;
   f.predict_at = {8, 16, 64};
   if (rows.empty()) {
@@ -156,11 +168,12 @@ AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards) {
   // one thread (a no-op when the base is 1 thread) to weigh them.
   PhaseModel& m = f.phases;
   m.n_shards = n_shards;
-  m.fwd_bwd_serial = phase_serial_fraction(b.fwd_bwd_s, b.threads, t.fwd_bwd_s, t.threads, n_shards);
+  m.blocks = blocks;
+  m.fwd_bwd_serial = phase_serial_fraction(b.fwd_bwd_s, b.threads, t.fwd_bwd_s, t.threads, n_shards, blocks);
   m.reduce_opt_serial = phase_serial_fraction(b.reduce_opt_s, b.threads, t.reduce_opt_s, t.threads);
   m.rest_serial = phase_serial_fraction(b.rest_s, b.threads, t.rest_s, t.threads);
   auto at_one = [&](double tb, double s, double g) { return tb / amdahl_time(s, g); };
-  m.fwd_bwd_frac = at_one(b.fwd_bwd_s, m.fwd_bwd_serial, shard_granularity(n_shards, b.threads));
+  m.fwd_bwd_frac = at_one(b.fwd_bwd_s, m.fwd_bwd_serial, shard_granularity(n_shards, b.threads, blocks));
   m.reduce_opt_frac = at_one(b.reduce_opt_s, m.reduce_opt_serial, 1.0 / b.threads);
   m.rest_frac = at_one(std::max(b.rest_s, 0.0), m.rest_serial, 1.0 / b.threads);
   const double sum = m.fwd_bwd_frac + m.reduce_opt_frac + m.rest_frac;
@@ -240,12 +253,12 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
   {
     // Every setting's engine stays alive (for interleaving), and the sgemm rate needs 3 n x n matrices a thread.
     double need = 3.0 * opt.sgemm_n * opt.sgemm_n * 4 * opt.threads.back();
-    for (int t : opt.threads) need += estimate_train_bytes(cfg, opt.batch_size, opt.shard_size, t);
+    for (int t : opt.threads) need += estimate_train_bytes(cfg, opt.batch_size, opt.shard_size, t, 0, opt.pass_size);
     char what[200];
     std::snprintf(what, sizeof what,
                   "the bench of n_layer %d, n_embd %d, block_size %d, batch %d at %zu thread counts (sgemm size %d)",
                   cfg.n_layer, cfg.n_embd, cfg.block_size, opt.batch_size, opt.threads.size(), opt.sgemm_n);
-    check_memory_need(what, need, "lower the model's size, --batch-size, --shard-size, --threads or --sgemm-size");
+    check_memory_need(what, need, "lower the model's size, --batch-size, --pass-size, --threads or --sgemm-size");
   }
   const AdamW adamw;
   const float grad_clip = 1.0f;
@@ -267,12 +280,15 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
         engines[k] = std::make_unique<Engine>(
             cfg,
             EngineOptions{
-                .batch_size = opt.batch_size, .shard_size = opt.shard_size, .threads = row.threads, .seed = opt.seed},
+                .batch_size = opt.batch_size, .shard_size = opt.shard_size, .pass_size = opt.pass_size,
+                .threads = row.threads, .seed = opt.seed},
             opt.backend);
         init_params(cfg, engines[k]->params(), opt.seed);
         engines[k]->weights_loaded();
         res.n_shards = engines[k]->n_shards();
         res.shard_size = engines[k]->shard_size();
+        res.pass_size = engines[k]->pass_size();
+        res.blocks = std::max(1, (res.pass_size * cfg.block_size + kBlockRows - 1) / kBlockRows);
       }
       Engine& e = *engines[k];
       if (round == 0)
@@ -366,7 +382,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
     if (row.loss_last != res.rows.front().loss_last || row.loss_first != res.rows.front().loss_first)
       res.losses_identical = false;
   }
-  res.amdahl = fit_amdahl(res.rows, res.n_shards);
+  res.amdahl = fit_amdahl(res.rows, res.n_shards, res.blocks);
   return res;
 }
 

@@ -42,6 +42,7 @@ struct BenchOptions {
   Config model = kDefaultPreset.model;  // vocab_size comes from the data
   int batch_size = kDefaultPreset.batch_size;
   int shard_size = 0;  // 0 = default_shard_size(batch_size)
+  int pass_size = 0;   // 0 = default_pass_size
   std::vector<int> threads;  // empty = default_thread_counts(hardware threads)
   int steps = 20;   // timed steps per setting per round
   int warmup = 5;   // untimed steps per setting, first round only
@@ -131,7 +132,8 @@ struct BenchResult {
   BenchOptions opt;  // with threads and vocab_size filled in
   std::string data_path;
   int hardware_threads = 0;
-  int n_shards = 0, shard_size = 0;
+  int n_shards = 0, shard_size = 0, pass_size = 0;
+  int blocks = 1;  // parallel tasks per pass (kBlockRows-row blocks)
   size_t n_params = 0;
   double flops_per_step = 0;
   std::vector<BenchRow> rows;
@@ -149,7 +151,22 @@ BenchResult run_bench(const BenchOptions& opt, const std::vector<int32_t>& train
 
 // Fits Amdahl from the rows (base = smallest count, n = largest count that is
 // not oversubscribed) and predicts 8, 16 and 64 threads.
-AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards);
+AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards, int blocks = 1);
+
+// Rows per parallel task inside a pass: model/ splits its row-wise work
+// (products' rows, LayerNorm, GELU, attention's rows) into blocks of this many rows.
+inline constexpr int kBlockRows = 64;
+
+// The engine's memory (estimate_train_bytes, one process) for a named shape at each thread count.
+struct MemoryRow {
+  std::string name;
+  Config model;
+  int batch_size = 0;
+  size_t n_params = 0;
+  std::vector<double> bytes;  // per thread count of the bench
+};
+// baby, nanogpt and a 124M-parameter shape (L12 H12 C768 T256, batch 64), with their default shard plans.
+std::vector<MemoryRow> memory_rows(const std::vector<int>& threads, int vocab_size);
 
 
 }  // namespace chargpt

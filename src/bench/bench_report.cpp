@@ -170,14 +170,31 @@ void write_bench_csv(const BenchResult& r, std::ostream& out) {
   }
 }
 
+// The engine's estimated memory for the reference shapes at the bench's thread counts.
+static void print_memory_rows(const BenchResult& r, std::ostream& out) {
+  std::vector<int> threads;
+  for (const auto& row : r.rows) threads.push_back(row.threads);
+  out << "engine memory, estimated (estimate_train_bytes: weights, Adam moments, the step's gradient, and per shard "
+         "in flight a gradient buffer and a pass's activations; default shard plans), MiB:\n";
+  for (const MemoryRow& m : memory_rows(threads, r.opt.model.vocab_size)) {
+    char line[160];
+    std::snprintf(line, sizeof line, "  %-8s (L%d H%d C%d T%d, %.1f M parameters, batch %d):", m.name.c_str(),
+                  m.model.n_layer, m.model.n_head, m.model.n_embd, m.model.block_size, m.n_params / 1e6, m.batch_size);
+    out << line;
+    for (size_t i = 0; i < threads.size(); ++i)
+      out << (i ? "," : "") << " " << threads[i] << " thr " << fmt("%.0f", m.bytes[i] / 1048576);
+    out << "\n";
+  }
+}
+
 void print_bench_table(const BenchResult& r, std::ostream& out) {
   const Config& c = r.opt.model;
   char line[512];
   std::snprintf(line, sizeof line,
-                "chargpt bench: L=%d H=%d C=%d T=%d V=%d (%zu parameters), batch %d = %d shards of %d, "
-                "%.1f MFLOP/step\n",
+                "chargpt bench: L=%d H=%d C=%d T=%d V=%d (%zu parameters), batch %d = %d shards of %d in passes of "
+                "%d, %.1f MFLOP/step\n",
                 c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size, r.n_params, r.opt.batch_size, r.n_shards,
-                r.shard_size, r.flops_per_step / 1e6);
+                r.shard_size, r.pass_size, r.flops_per_step / 1e6);
   out << line;
   std::snprintf(line, sizeof line,
                 "%d hardware threads; %d rounds x %d timed steps per setting (+%d warmup), interleaved; "
@@ -266,6 +283,7 @@ void print_bench_table(const BenchResult& r, std::ostream& out) {
     out << "* oversubscribed: more threads than the " << r.hardware_threads
         << " hardware threads (tbb::info::default_concurrency()); those threads share cores, so these rows "
            "measure contention, not scaling.\n";
+  print_memory_rows(r, out);
   const AmdahlFit& a = r.amdahl;
   out << "\nAmdahl: ";
   if (!a.valid) {
@@ -300,8 +318,8 @@ void print_bench_table(const BenchResult& r, std::ostream& out) {
   out << "  predicted speedup over 1 thread:";
   for (size_t i = 0; i < a.predict_at.size(); ++i)
     out << (i ? "," : "") << " " << a.predict_at[i] << " cores " << fmt("%.1fx", a.predicted[i]);
-  out << "\n  same, phases fitted apart and fwd+bwd in " << m.n_shards << " shard tasks (ceil(" << m.n_shards
-      << "/n) rounds):";
+  out << "\n  same, phases fitted apart and fwd+bwd in rounds of min(n, " << m.n_shards << ") shards, each pass in "
+      << m.blocks << " tasks of " << kBlockRows << " rows (at most " << m.n_shards * m.blocks << "-way):";
   for (size_t i = 0; i < a.predict_at.size(); ++i)
     out << (i ? "," : "") << " " << a.predict_at[i] << " cores " << fmt("%.1fx", a.predicted_phase_model[i]);
   out << "\n  " << a.note
@@ -316,6 +334,7 @@ nlohmann::json bench_json(const BenchResult& r) {
   j["config"] = {{"n_layer", c.n_layer},       {"n_head", c.n_head},         {"n_embd", c.n_embd},
                  {"block_size", c.block_size}, {"vocab_size", c.vocab_size}, {"batch_size", r.opt.batch_size},
                  {"shard_size", r.shard_size}, {"n_shards", r.n_shards},     {"n_params", r.n_params},
+                 {"pass_size", r.pass_size},
                  {"flops_per_step", r.flops_per_step}};
   j["method"] = {{"data", r.data_path},           {"hardware_threads", r.hardware_threads},
                  {"rounds", r.opt.rounds},        {"steps_per_round", r.opt.steps},
@@ -363,7 +382,7 @@ nlohmann::json bench_json(const BenchResult& r) {
     am["phases"] = {{"fwd_bwd_frac", a.phases.fwd_bwd_frac},       {"fwd_bwd_serial", a.phases.fwd_bwd_serial},
                     {"reduce_opt_frac", a.phases.reduce_opt_frac}, {"reduce_opt_serial", a.phases.reduce_opt_serial},
                     {"rest_frac", a.phases.rest_frac},             {"rest_serial", a.phases.rest_serial},
-                    {"n_shards", a.phases.n_shards}};
+                    {"n_shards", a.phases.n_shards},               {"blocks", a.phases.blocks}};
     json pred = json::object(), pred2 = json::object();
     for (size_t i = 0; i < a.predict_at.size(); ++i) {
       pred[std::to_string(a.predict_at[i])] = a.predicted[i];
@@ -373,6 +392,22 @@ nlohmann::json bench_json(const BenchResult& r) {
     am["predicted_speedup_phase_model"] = pred2;
   }
   j["amdahl"] = am;
+  json mem = json::array();
+  std::vector<int> threads;
+  for (const auto& row : r.rows) threads.push_back(row.threads);
+  for (const MemoryRow& m : memory_rows(threads, r.opt.model.vocab_size)) {
+    json b = json::object();
+    for (size_t i = 0; i < threads.size(); ++i) b[std::to_string(threads[i])] = m.bytes[i];
+    mem.push_back({{"name", m.name},
+                   {"n_layer", m.model.n_layer},
+                   {"n_head", m.model.n_head},
+                   {"n_embd", m.model.n_embd},
+                   {"block_size", m.model.block_size},
+                   {"batch_size", m.batch_size},
+                   {"n_params", m.n_params},
+                   {"estimated_engine_bytes", b}});
+  }
+  j["memory_estimate"] = mem;
   return j;
 }
 

@@ -53,19 +53,23 @@ double amdahl_time(double s, double g) {
 
 double amdahl_speedup(double s, int n) { return 1.0 / amdahl_time(s, 1.0 / n); }
 
-double shard_granularity(int n_shards, int n) {
+double shard_granularity(int n_shards, int n, int blocks) {
   if (n_shards < 1) return 1.0 / n;
-  return (double)((n_shards + n - 1) / n) / n_shards;
+  const long long S = n_shards, G = std::min<long long>(n, S), b = std::max(blocks, 1);
+  long long t = 0;  // in task times: each round's tasks spread over n threads
+  for (long long s0 = 0; s0 < S; s0 += G) t += (std::min(G, S - s0) * b + n - 1) / n;
+  return (double)t / (double)(S * b);
 }
 
-double phase_serial_fraction(double t_base, int base_threads, double t_n, int n, int n_shards) {
-  return solve_serial(t_base, shard_granularity(n_shards, base_threads), t_n, shard_granularity(n_shards, n));
+double phase_serial_fraction(double t_base, int base_threads, double t_n, int n, int n_shards, int blocks) {
+  return solve_serial(t_base, shard_granularity(n_shards, base_threads, blocks), t_n,
+                      shard_granularity(n_shards, n, blocks));
 }
 
 double phase_model_speedup(const PhaseModel& m, int n) {
   const double sum = m.fwd_bwd_frac + m.reduce_opt_frac + m.rest_frac;
   auto part = [&](double frac, double s, double g) { return frac / sum * amdahl_time(s, g); };
-  const double t = part(m.fwd_bwd_frac, m.fwd_bwd_serial, shard_granularity(m.n_shards, n)) +
+  const double t = part(m.fwd_bwd_frac, m.fwd_bwd_serial, shard_granularity(m.n_shards, n, m.blocks)) +
                    part(m.reduce_opt_frac, m.reduce_opt_serial, 1.0 / n) + part(m.rest_frac, m.rest_serial, 1.0 / n);
   return 1.0 / t;
 }

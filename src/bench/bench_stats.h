@@ -29,21 +29,24 @@ double amdahl_time(double s, double g);
 double amdahl_speedup(double s, int n);
 
 // A finer model for our step: the phases are fitted separately, and
-// forward+backward runs as `n_shards` equal tasks, so n threads need
-// ceil(n_shards/n) rounds of them and never get more than n_shards-way
-// parallelism. Fractions are each phase's share of the one-thread step time
-// (they are normalised to sum to 1); serial fractions are clamped to [0, 1].
+// forward+backward runs in rounds of min(n, n_shards) shards in flight, each
+// pass of a shard split into `blocks` equal tasks (model/'s row blocks), so n
+// threads get at most n_shards * blocks-way parallelism, not n_shards-way.
+// Fractions are each phase's share of the one-thread step time (they are
+// normalised to sum to 1); serial fractions are clamped to [0, 1].
 struct PhaseModel {
   double fwd_bwd_frac, reduce_opt_frac, rest_frac;
   double fwd_bwd_serial, reduce_opt_serial, rest_serial;
   int n_shards;
+  int blocks = 1;  // parallel tasks per pass of a shard
 };
 // Fraction of one-thread time the parallel part of forward+backward takes at n
-// threads: ceil(k/n)/k (equals 1/n when n divides k).
-double shard_granularity(int n_shards, int n);
+// threads: the rounds of min(n, k) shards, each round's shards * blocks tasks
+// spread over n threads (ceil(k/n)/k when blocks = 1; 1/n when n divides the work).
+double shard_granularity(int n_shards, int n, int blocks = 1);
 // Serial fraction of one phase from its times at base_threads and n (as
 // amdahl_serial_fraction, but with the shard granularity when n_shards > 0).
-double phase_serial_fraction(double t_base, int base_threads, double t_n, int n, int n_shards = 0);
+double phase_serial_fraction(double t_base, int base_threads, double t_n, int n, int n_shards = 0, int blocks = 1);
 double phase_model_speedup(const PhaseModel& m, int n);
 
 }  // namespace chargpt

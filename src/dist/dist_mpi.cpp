@@ -83,14 +83,15 @@ class MpiCollective final : public Collective {
     }
   }
 
-  void exchange_shard_grads(const Partition& p, const std::vector<float*>& shards) override {
-    if (shards != a2a_shards_ || p.shard_begin != a2a_shard_begin_ || p.float_begin != a2a_float_begin_)
-      build_exchange(p, shards);
+  void exchange_round(const Partition& p, const Bounds& round, const std::vector<float*>& mine,
+                      std::vector<const float*>& from) override {
+    const Exchange& x = exchange_for(p, round, mine);
     const Timer t(st_);
     // In place (MPI_BOTTOM + the datatypes' absolute addresses).
-    MPI_Alltoallw(MPI_BOTTOM, a2a_.send_counts.data(), a2a_.zero_displs.data(), a2a_.send_types.data(), MPI_BOTTOM,
-                  a2a_.recv_counts.data(), a2a_.zero_displs.data(), a2a_.recv_types.data(), MPI_COMM_WORLD);
-    st_.bytes_sent += a2a_.bytes_sent;
+    MPI_Alltoallw(MPI_BOTTOM, x.send_counts.data(), x.zero_displs.data(), x.send_types.data(), MPI_BOTTOM,
+                  x.recv_counts.data(), x.zero_displs.data(), x.recv_types.data(), MPI_COMM_WORLD);
+    st_.bytes_sent += x.bytes_sent;
+    from = x.from;
   }
 
   bool any(bool local) override {
@@ -103,7 +104,9 @@ class MpiCollective final : public Collective {
   void mark_failure_agreed() override { g_agreed_failure = true; }
   CommStats stats() const override { return st_; }
 
-  ~MpiCollective() override { free_exchange(); }
+  ~MpiCollective() override {
+    for (auto& x : exchanges_) free_types(x);
+  }
 
  private:
   struct Timer {
@@ -132,68 +135,86 @@ class MpiCollective final : public Collective {
     st_.bytes_sent += (uint64_t)c.counts[g_rank] * sizeof(T) * (g_size - 1);
   }
 
-  // The all-to-all's datatypes, built once for the engine's shard buffers: to
+  // A round's all-to-all, built once per distinct round (a step has at most
+  // two: full rounds and a shorter last one) over the engine's slot buffers: to
   // peer q, for each own shard, floats [float_begin[q], float_begin[q+1]); from
-  // peer q, for each of q's shards, this rank's float range.
+  // peer q, each of q's shards over this rank's floats, into recv_.
   struct Exchange {
+    Bounds round, float_begin;
+    std::vector<float*> mine;
     std::vector<MPI_Datatype> send_types, recv_types;
     std::vector<int> send_counts, recv_counts, zero_displs;
+    std::vector<const float*> from;
     uint64_t bytes_sent = 0;
   };
-  void build_exchange(const Partition& p, const std::vector<float*>& shards) {
-    free_exchange();
+  const Exchange& exchange_for(const Partition& p, const Bounds& round, const std::vector<float*>& mine) {
+    if (round.size() != (size_t)g_size + 1) throw std::logic_error("MpiCollective: a round for another rank count");
+    for (const Exchange& x : exchanges_)
+      if (x.round == round && x.mine == mine && x.float_begin == p.float_begin) return x;
     const int R = g_size, me = g_rank;
-    const size_t s0 = p.shard_begin[me], s1 = p.shard_begin[me + 1];
-    const size_t fb = p.float_begin[me], fe = p.float_begin[me + 1];
-    Exchange& x = a2a_;
+    const size_t fb = p.float_begin[me], own = p.float_begin[me + 1] - fb, n = round.back() - round.front();
+    if (recv_.size() < n * own) {  // the buffer moves: every cached exchange points into it
+      for (auto& x : exchanges_) free_types(x);
+      exchanges_.clear();
+      recv_.resize(n * own);
+    }
+    Exchange x;
+    x.round = round;
+    x.mine = mine;
+    x.float_begin = p.float_begin;
     x.send_types.assign(R, MPI_FLOAT);
     x.recv_types.assign(R, MPI_FLOAT);
     x.send_counts.assign(R, 0);
     x.recv_counts.assign(R, 0);
     x.zero_displs.assign(R, 0);
-    auto hindexed = [&](size_t sb, size_t se, size_t f0, size_t f1) {
-      std::vector<int> lens;
+    x.from.assign(n, nullptr);
+    auto hindexed = [&](const std::vector<const float*>& starts, size_t len) {
+      std::vector<int> lens(starts.size(), to_int(len, "a gradient range"));
       std::vector<MPI_Aint> addrs;
-      for (size_t s = sb; s < se; ++s) {
-        MPI_Aint a;
-        MPI_Get_address(shards[s] + f0, &a);
-        addrs.push_back(a);
-        lens.push_back(to_int(f1 - f0, "a gradient range"));
+      for (const float* a : starts) {
+        MPI_Aint addr;
+        MPI_Get_address(a, &addr);
+        addrs.push_back(addr);
       }
       MPI_Datatype t;
       MPI_Type_create_hindexed((int)lens.size(), lens.data(), addrs.data(), MPI_FLOAT, &t);
       MPI_Type_commit(&t);
       return t;
     };
+    for (size_t s = round[me]; s < round[me + 1]; ++s) x.from[s - round.front()] = mine[s - round[me]] + fb;
     for (int q = 0; q < R; ++q) {
-      if (q == me) continue;  // own shards' own range: already in place
+      if (q == me) continue;  // own shards' own range: pointed at in place
       const size_t qb = p.float_begin[q], qe = p.float_begin[q + 1];
-      if (s1 > s0 && qe > qb) {
-        x.send_types[q] = hindexed(s0, s1, qb, qe);
+      if (!mine.empty() && qe > qb) {
+        std::vector<const float*> starts;
+        for (float* m : mine) starts.push_back(m + qb);
+        x.send_types[q] = hindexed(starts, qe - qb);
         x.send_counts[q] = 1;
-        x.bytes_sent += (s1 - s0) * (qe - qb) * sizeof(float);
+        x.bytes_sent += mine.size() * (qe - qb) * sizeof(float);
       }
-      const size_t qs0 = p.shard_begin[q], qs1 = p.shard_begin[q + 1];
-      if (qs1 > qs0 && fe > fb) {
-        x.recv_types[q] = hindexed(qs0, qs1, fb, fe);
+      if (round[q + 1] > round[q] && own > 0) {
+        std::vector<const float*> starts;
+        for (size_t s = round[q]; s < round[q + 1]; ++s) {
+          const float* at = recv_.data() + (s - round.front()) * own;
+          starts.push_back(at);
+          x.from[s - round.front()] = at;
+        }
+        x.recv_types[q] = hindexed(starts, own);
         x.recv_counts[q] = 1;
       }
     }
-    a2a_shards_ = shards;
-    a2a_shard_begin_ = p.shard_begin;
-    a2a_float_begin_ = p.float_begin;
+    exchanges_.push_back(std::move(x));
+    return exchanges_.back();
   }
-  void free_exchange() {
-    for (auto* types : {&a2a_.send_types, &a2a_.recv_types})
+  static void free_types(Exchange& x) {
+    for (auto* types : {&x.send_types, &x.recv_types})
       for (auto& t : *types)
         if (t != MPI_FLOAT) MPI_Type_free(&t);
-    a2a_ = Exchange{};
   }
 
   CommStats st_;
-  Exchange a2a_;
-  std::vector<float*> a2a_shards_;
-  Bounds a2a_shard_begin_, a2a_float_begin_;
+  std::vector<Exchange> exchanges_;
+  std::vector<float> recv_;  // the round's slices from the other ranks
 };
 
 // Made on first use, and freed by the Session before MPI_Finalize (it holds MPI datatypes).

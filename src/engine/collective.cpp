@@ -1,5 +1,6 @@
 #include "engine/collective.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -12,12 +13,10 @@ Bounds even_split(size_t n, int R) {
   return b;
 }
 
-Partition make_partition(size_t n_shards, const std::vector<ParamChunk>& chunks, size_t num_params, int R) {
+Partition make_partition(size_t n_shards, const std::vector<ParamChunk>& chunks, size_t num_params, int R,
+                         size_t group) {
   if (R < 1) throw std::logic_error("make_partition: R must be >= 1");
-  if ((size_t)R > n_shards)
-    throw std::runtime_error(std::to_string(R) + " ranks but the batch has only " + std::to_string(n_shards) +
-                             " shards: use at most " + std::to_string(n_shards) +
-                             " ranks, or a larger --batch-size or smaller --shard-size");
+  if (group < 1) throw std::logic_error("make_partition: group must be >= 1");
   size_t at = 0;
   for (const auto& c : chunks) {
     if (c.begin != at || c.end <= c.begin) throw std::logic_error("make_partition: the chunks do not tile the parameters");
@@ -25,7 +24,10 @@ Partition make_partition(size_t n_shards, const std::vector<ParamChunk>& chunks,
   }
   if (at != num_params) throw std::logic_error("make_partition: the chunks do not cover the parameters");
   Partition p;
-  p.shard_begin = even_split(n_shards, R);
+  p.n_shards = n_shards;
+  p.group = group;
+  p.ranks = (size_t)R;
+  p.rounds = (n_shards + (size_t)R * group - 1) / ((size_t)R * group);
   p.chunk_begin.resize(R + 1);
   p.float_begin.resize(R + 1);
   for (int r = 0; r <= R; ++r) {
@@ -36,6 +38,13 @@ Partition make_partition(size_t n_shards, const std::vector<ParamChunk>& chunks,
     p.float_begin[r] = c < chunks.size() ? chunks[c].begin : num_params;
   }
   return p;
+}
+
+Bounds Partition::round(size_t k) const {
+  Bounds b(ranks + 1);
+  const size_t base = k * ranks * group;
+  for (size_t q = 0; q <= ranks; ++q) b[q] = std::min(n_shards, base + q * group);
+  return b;
 }
 
 LocalCollective& local_collective() {

@@ -30,16 +30,26 @@ using Bounds = std::vector<size_t>;
 // n items in R balanced ranges: rank r gets [n r / R, n (r+1) / R).
 Bounds even_split(size_t n, int R);
 
-// Contiguous, balanced ranges of a batch's shards and of the parameter chunks,
-// one per rank. Shards: even_split. Chunks: balanced by floats, rank r's range
-// starts at the first chunk that begins at or after P r / R.
+// Who computes which shard and who owns which parameters. The step runs in
+// rounds: in round k, rank q computes the shards [round(k)[q], round(k)[q+1]),
+// `group` consecutive shards each (ranks past the batch's end get none); the
+// rounds cover the shards in order. Chunks: balanced by floats, rank r's range
+// starts at the first chunk that begins at or after P r / R (a rank may own
+// none when there are more ranks than chunks). Any R >= 1 works: ranks without a
+// shard in a round still receive, fold and update their own chunks.
 struct Partition {
-  Bounds shard_begin;  // R+1 boundaries
+  size_t n_shards = 0;
+  size_t group = 1;    // shards per rank per round
+  size_t ranks = 1;
+  size_t rounds = 0;   // ceil(n_shards / (ranks * group))
   Bounds chunk_begin;  // R+1 boundaries (chunk indices)
   Bounds float_begin;  // R+1 boundaries (floats: chunk c's begin)
+  // Round k's shards as R+1 absolute shard boundaries.
+  Bounds round(size_t k) const;
 };
-// Throws if R exceeds the number of shards or the chunks do not tile [0, P).
-Partition make_partition(size_t n_shards, const std::vector<ParamChunk>& chunks, size_t num_params, int R);
+// Throws std::logic_error if R or group is < 1 or the chunks do not tile [0, P).
+Partition make_partition(size_t n_shards, const std::vector<ParamChunk>& chunks, size_t num_params, int R,
+                         size_t group = 1);
 
 // Time spent in a collective's calls and payload this rank sent.
 struct CommStats {
@@ -59,11 +69,15 @@ class Collective {
   virtual void all_gather(uint64_t* data, const Bounds& b) = 0;
   // In place: rank 0 receives every rank's data[b[q], b[q+1]).
   virtual void gather_to_root(float* data, const Bounds& b) = 0;
-  // shards[s] is shard s's gradient over the whole parameter block (the same
-  // buffers on every call). Rank q has computed shards [p.shard_begin[q],
-  // p.shard_begin[q+1]); afterwards this rank holds every shard's gradient over
-  // its own floats [p.float_begin[rank], p.float_begin[rank+1]).
-  virtual void exchange_shard_grads(const Partition& p, const std::vector<float*>& shards) = 0;
+  // One round's gradient slices to their owners. `round` (R+1 shard
+  // boundaries, Partition::round): rank q computed shards [round[q],
+  // round[q+1]); mine[j] is this rank's j-th of them, over the whole parameter
+  // block. Afterwards from[i] (resized to the round's shard count) points at the
+  // round's i-th shard's gradient over this rank's floats: from[i][k] is float
+  // p.float_begin[rank] + k. The pointers stay valid until the next call; own
+  // shards are not copied.
+  virtual void exchange_round(const Partition& p, const Bounds& round, const std::vector<float*>& mine,
+                              std::vector<const float*>& from) = 0;
   // True on every rank when any rank passes true (a stop request).
   virtual bool any(bool local) = 0;
   // The error about to be thrown is raised by every rank at the same point,
@@ -82,7 +96,10 @@ class LocalCollective final : public Collective {
   void all_gather(double*, const Bounds&) override {}
   void all_gather(uint64_t*, const Bounds&) override {}
   void gather_to_root(float*, const Bounds&) override {}
-  void exchange_shard_grads(const Partition&, const std::vector<float*>&) override {}
+  void exchange_round(const Partition&, const Bounds&, const std::vector<float*>& mine,
+                      std::vector<const float*>& from) override {
+    from.assign(mine.begin(), mine.end());  // one rank owns every float: no copy
+  }
   bool any(bool local) override { return local; }
   void mark_failure_agreed() override {}
   CommStats stats() const override { return {}; }

@@ -23,6 +23,36 @@ int resolve_shard_size(int shard_size, int batch_size, int block_size) {
   return shard_size > 0 ? shard_size : default_shard_size(batch_size, block_size);
 }
 
+int default_pass_size(int shard_size, int block_size) {
+  // 128 rows keep the products near the BLAS rate (measured: nanogpt's shard of
+  // 4 x 256 rows in 1-sequence passes runs as fast as in one pass) while the
+  // activations shrink with the pass.
+  const int64_t min_rows = (128 + (int64_t)block_size - 1) / block_size;
+  return (int)std::min<int64_t>(shard_size, min_rows);
+}
+
+int resolve_pass_size(int pass_size, int shard_size, int block_size) {
+  if (pass_size > shard_size)
+    throw std::runtime_error("--pass-size " + std::to_string(pass_size) + " exceeds the shard size " +
+                             std::to_string(shard_size) + " (--shard-size): a pass is part of one shard");
+  return pass_size > 0 ? pass_size : default_pass_size(shard_size, block_size);
+}
+
+// Shards each rank computes per round: min(threads, shards per rank), or the
+// requested count; the smallest over the ranks, so that every rank runs the same rounds.
+static size_t agreed_group(Collective& comm, int threads, int in_flight, int n_shards) {
+  const int R = comm.size();
+  const size_t per_rank = std::max<size_t>(1, ((size_t)n_shards + R - 1) / R);
+  size_t g = std::min<size_t>(per_rank, (size_t)(in_flight > 0 ? in_flight : threads));
+  if (R > 1) {
+    std::vector<uint64_t> all(R);
+    all[comm.rank()] = g;
+    comm.all_gather(all.data(), even_split(R, R));
+    for (uint64_t x : all) g = std::min<size_t>(g, x);
+  }
+  return std::max<size_t>(g, 1);
+}
+
 // The shape checks run before the members that divide by it are built.
 static const Config& checked(const Config& cfg, int batch_size) {
   cfg.validate();
@@ -43,11 +73,11 @@ Engine::Engine(const Config& cfg, const EngineOptions& opt, std::unique_ptr<Back
     : cfg_(checked(cfg, opt.batch_size)),
       batch_size_(opt.batch_size),
       shard_size_(resolve_shard_size(opt.shard_size, opt.batch_size, cfg.block_size)),
+      pass_size_(resolve_pass_size(opt.pass_size, shard_size_, cfg.block_size)),
       n_shards_((batch_size_ + shard_size_ - 1) / shard_size_),
       pool_(opt.threads),
       comm_(comm),
       backend_(backend ? std::move(backend) : throw std::invalid_argument("Engine: null backend")),
-      acts_(cfg, shard_size_),
       data_rng_(opt.seed) {
   const size_t P = chargpt::num_params(cfg_);
   // Chunk boundaries depend only on the model shape, never on the thread count.
@@ -55,58 +85,83 @@ Engine::Engine(const Config& cfg, const EngineOptions& opt, std::unique_ptr<Back
   for (const auto& s : param_specs(cfg_))
     for (size_t b = 0; b < s.numel; b += kChunk)
       chunks_.push_back({s.offset + b, s.offset + std::min(s.numel, b + kChunk), s.decay});
-  part_ = make_partition(n_shards_, chunks_, P, comm_.size());  // before allocating: too many ranks fails fast
+  part_ = make_partition(n_shards_, chunks_, P, comm_.size(),
+                         agreed_group(comm_, pool_.threads, opt.in_flight, n_shards_));
   params_.resize(P);
   m_.resize(P);
   v_.resize(P);
   grad_.resize(P);
   param_view_ = param_views(cfg_, params_.data());
   backend_->bind_weights(weight_table(cfg_, params_.data()));
-  shard_grads_.resize(n_shards_);
-  for (auto& g : shard_grads_) {
+  slot_grads_.resize(part_.group);
+  for (auto& g : slot_grads_) {
     g.resize(P);
-    shard_grad_ptrs_.push_back(g.data());
-    shard_grad_views_.push_back(param_views(cfg_, g.data()));
+    slot_grad_ptrs_.push_back(g.data());
+    slot_grad_views_.push_back(param_views(cfg_, g.data()));
   }
+  for (size_t j = 0; j < part_.group; ++j) acts_.emplace_back(cfg_, pass_size_);
+  shard_loss_.resize(n_shards_);
   inputs_.resize((size_t)batch_size_ * cfg_.block_size);
   targets_.resize((size_t)batch_size_ * cfg_.block_size);
 }
 
 void Engine::weights_loaded() { backend_->weights_changed(0, params_.size()); }
 
-double Engine::forward_backward() {
+double Engine::run_shard(int slot, const int32_t* in, const int32_t* tg, int n, const ParamViews* grads) {
+  seen_.local() = 1;
   const int T = cfg_.block_size;
   const float dloss = 1.f / (float)((size_t)batch_size_ * T);  // d batch mean / d token loss
-  const double loss_sum = ordered_task_sum(comm_, pool_, part_.shard_begin, [&](size_t s) {
-    const int n0 = (int)s * shard_size_, n = std::min(shard_size_, batch_size_ - n0);
-    const int32_t* in = inputs_.data() + (size_t)n0 * T;
-    const int32_t* tg = targets_.data() + (size_t)n0 * T;
-    Activations& a = acts_.local();
-    const double loss = gpt_forward(*backend_, cfg_, param_view_, a, in, tg, n, T);
-    gpt_backward(*backend_, cfg_, param_view_, shard_grad_views_[s], a, in, tg, n, T, dloss, /*accumulate=*/false);
-    return loss;
-  }, task_values_);
+  Activations& a = acts_[slot];
+  double loss = 0;  // the passes' sums in pass order
+  for (int p0 = 0; p0 < n; p0 += pass_size_) {
+    const int m = std::min(pass_size_, n - p0);
+    const size_t off = (size_t)p0 * T;
+    loss += gpt_forward(*backend_, cfg_, param_view_, a, in + off, tg + off, m, T);
+    if (grads)
+      gpt_backward(*backend_, cfg_, param_view_, *grads, a, in + off, tg + off, m, T, dloss, /*accumulate=*/p0 > 0);
+  }
+  return loss;
+}
+
+double Engine::gradient(StepTiming* timing) {
+  const int T = cfg_.block_size, me = comm_.rank();
+  const size_t fb = part_.float_begin[me], c0 = part_.chunk_begin[me], c1 = part_.chunk_begin[me + 1];
+  double fwd_bwd_s = 0;
+  for (size_t k = 0; k < part_.rounds; ++k) {
+    const Bounds round = part_.round(k);
+    const size_t s0 = round[me], mine = round[me + 1] - s0;
+    const auto t0 = Clock::now();
+    pool_.for_each(mine, [&](size_t j) {
+      const int n0 = (int)(s0 + j) * shard_size_, n = std::min(shard_size_, batch_size_ - n0);
+      shard_loss_[s0 + j] = run_shard((int)j, inputs_.data() + (size_t)n0 * T, targets_.data() + (size_t)n0 * T, n,
+                                      &slot_grad_views_[j]);
+    });
+    fwd_bwd_s += seconds_since(t0);
+    comm_.all_gather(shard_loss_.data(), round);
+    comm_.exchange_round(part_, round, {slot_grad_ptrs_.begin(), slot_grad_ptrs_.begin() + mine}, from_);
+    // The fold, per own chunk: (((g0 + g1) + g2) + ...) in shard order, whichever
+    // round and rank computed each shard.
+    pool_.for_each(c1 - c0, [&](size_t i) {
+      const size_t b = chunks_[c0 + i].begin, n = chunks_[c0 + i].end - b;
+      float* dst = grad_.data() + b;
+      for (size_t r = 0; r < from_.size(); ++r) {
+        const float* src = from_[r] + (b - fb);
+        if (round[0] + r == 0)
+          for (size_t x = 0; x < n; ++x) dst[x] = src[x];
+        else
+          for (size_t x = 0; x < n; ++x) dst[x] += src[x];
+      }
+    });
+  }
+  if (timing) timing->fwd_bwd_s = fwd_bwd_s;
+  double loss_sum = 0;
+  for (double l : shard_loss_) loss_sum += l;  // shard order
   return loss_sum / ((double)batch_size_ * T);
 }
 
-double Engine::reduce() {
-  comm_.exchange_shard_grads(part_, shard_grad_ptrs_);  // every shard's gradient over this rank's chunks
+double Engine::norm() {
   const double sumsq = ordered_task_sum(comm_, pool_, part_.chunk_begin, [&](size_t c) {
-    const size_t b = chunks_[c].begin, n = chunks_[c].end - b;
-    float* dst = grad_.data() + b;
-    // ((s0 + s1) + s2) + ...: shard order fixed.
-    const float* s0 = shard_grads_[0].data() + b;
-    if (n_shards_ == 1) {
-      for (size_t k = 0; k < n; ++k) dst[k] = s0[k];
-    } else {
-      const float* s1 = shard_grads_[1].data() + b;
-      for (size_t k = 0; k < n; ++k) dst[k] = s0[k] + s1[k];
-    }
-    for (int s = 2; s < n_shards_; ++s) {
-      const float* src = shard_grads_[s].data() + b;
-      for (size_t k = 0; k < n; ++k) dst[k] += src[k];
-    }
-    return sum_of_squares(dst, n);
+    return sum_of_squares(grad_.data() + chunks_[c].begin, chunks_[c].end - chunks_[c].begin);
   }, task_values_);
   return std::sqrt(sumsq);
 }
@@ -172,9 +227,9 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   // Every rank draws the whole batch: the same sampler state everywhere.
   sample_batch(split, batch_size_, cfg_.block_size, data_rng_, inputs_.data(), targets_.data());
   const auto t1 = Clock::now();
-  const double loss = forward_backward();
-  const auto t2 = Clock::now();
-  const double norm = reduce();
+  StepTiming t;
+  const double loss = gradient(&t);
+  const double norm = this->norm();
   if (grad_norm) *grad_norm = norm;
   float scale;
   try {
@@ -192,8 +247,9 @@ double Engine::train_step(const std::vector<int32_t>& split, float lr, float gra
   }
   ++step_;
   if (timing) {
-    timing->fwd_bwd_s = std::chrono::duration<double>(t2 - t1).count();
-    timing->reduce_opt_s = seconds_since(t2);
+    // The rounds' exchanges and folds count with the reduce.
+    timing->fwd_bwd_s = t.fwd_bwd_s;
+    timing->reduce_opt_s = seconds_since(t1) - t.fwd_bwd_s;
   }
   return loss;
 }
@@ -210,19 +266,25 @@ double Engine::estimate_loss(const std::vector<int32_t>& split, int iters, uint6
     sample_batch(split, batch_size_, T, rng, eval_inputs_.data() + (size_t)i * batch_size_ * T,
                  eval_targets_.data() + (size_t)i * batch_size_ * T);
   const Bounds tasks = even_split((size_t)iters * n_shards_, comm_.size());
-  const double total = ordered_task_sum(comm_, pool_, tasks, [&](size_t k) {
-    const int it = (int)(k / n_shards_), s = (int)(k % n_shards_);
-    const int n0 = s * shard_size_, n = std::min(shard_size_, batch_size_ - n0);
-    const size_t off = ((size_t)it * batch_size_ + n0) * T;
-    return gpt_forward(*backend_, cfg_, param_view_, acts_.local(), eval_inputs_.data() + off,
-                       eval_targets_.data() + off, n, T);
-  }, task_values_);
+  const size_t k0 = tasks[comm_.rank()], k1 = tasks[comm_.rank() + 1], G = part_.group;
+  if (task_values_.size() < tasks.back()) task_values_.resize(tasks.back());
+  for (size_t base = k0; base < k1; base += G)  // `group` at a time: one slot's activations each
+    pool_.for_each(std::min(G, k1 - base), [&](size_t j) {
+      const size_t k = base + j;
+      const int it = (int)(k / n_shards_), s = (int)(k % n_shards_);
+      const int n0 = s * shard_size_, n = std::min(shard_size_, batch_size_ - n0);
+      const size_t off = ((size_t)it * batch_size_ + n0) * T;
+      task_values_[k] = run_shard((int)j, eval_inputs_.data() + off, eval_targets_.data() + off, n, nullptr);
+    });
+  comm_.all_gather(task_values_.data(), tasks);
+  double total = 0;
+  for (size_t k = 0; k < tasks.back(); ++k) total += task_values_[k];  // task order, whoever ran the task
   return total / ((double)iters * batch_size_ * T);
 }
 
 size_t Engine::bytes_allocated() const {
   size_t b = (params_.size() + m_.size() + v_.size() + grad_.size()) * sizeof(float);
-  for (const auto& g : shard_grads_) b += g.size() * sizeof(float);
+  for (const auto& g : slot_grads_) b += g.size() * sizeof(float);
   for (const auto& a : acts_) b += a.bytes();
   return b;
 }

@@ -18,16 +18,18 @@ namespace chargpt {
 
 double estimate_activation_bytes(const Config& cfg, double n) { return 4 * Activations::floats_needed(cfg, n); }
 
-double estimate_train_bytes(const Config& cfg, int batch_size, int shard_size, int threads, int eval_iters) {
+double estimate_train_bytes(const Config& cfg, int batch_size, int shard_size, int threads, int eval_iters,
+                            int pass_size, int in_flight) {
   const double T = cfg.block_size;
   uint64_t n_params = 0;
   const double P = checked_num_params(cfg, n_params) ? (double)n_params : HUGE_VAL;
   const int shard = resolve_shard_size(shard_size, batch_size, cfg.block_size);
   const double n_shards = std::ceil((double)batch_size / shard);
-  const double hw = tbb::info::default_concurrency();
-  const double workers = std::min(n_shards, std::max<double>(threads > 0 ? threads : hw, hw));
+  const int pass = resolve_pass_size(pass_size, shard, cfg.block_size);
+  const double wanted = in_flight > 0 ? in_flight : threads > 0 ? threads : tbb::info::default_concurrency();
+  const double slots = std::max(1.0, std::min(n_shards, wanted));
   const double batch_bytes = 8.0 * batch_size * T * (1.0 + eval_iters);  // inputs and targets, int32
-  return 4 * P * (3 + n_shards) + workers * estimate_activation_bytes(cfg, shard) + batch_bytes;
+  return 4 * P * (4 + slots) + slots * estimate_activation_bytes(cfg, pass) + batch_bytes;
 }
 
 // The lowest of physical memory, the cgroup's limit and the address-space limit

@@ -11,11 +11,12 @@ namespace chargpt {
 // Bytes of one Activations for n sequences (Activations::floats_needed).
 double estimate_activation_bytes(const Config& cfg, double n);
 
-// Bytes a training engine allocates: parameters and both Adam moments, one
-// gradient buffer per shard, activations for every thread that may run a shard
-// (oneTBB's workers rotate, so up to max(threads, hardware threads), at most one
-// per shard), the batch, and estimate_loss's buffers for eval_iters batches.
-double estimate_train_bytes(const Config& cfg, int batch_size, int shard_size, int threads, int eval_iters = 0);
+// Bytes a one-process training engine allocates: parameters, both Adam moments
+// and the step's gradient, then per shard in flight (min(threads, shards), or
+// in_flight when > 0) a gradient buffer and a pass's activations, the batch, and
+// estimate_loss's buffers for eval_iters batches. It does not grow with the shard count.
+double estimate_train_bytes(const Config& cfg, int batch_size, int shard_size, int threads, int eval_iters = 0,
+                            int pass_size = 0, int in_flight = 0);
 
 // The memory this process can have: physical memory, or the cgroup's limit or
 // the address-space limit (ulimit -v) where one is lower.

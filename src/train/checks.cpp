@@ -79,8 +79,8 @@ std::vector<std::pair<std::string, uint64_t>> run_fingerprint(const TrainOptions
   std::vector<std::pair<std::string, uint64_t>> items;
   items.emplace_back("the model config (--n-layer, --n-head, --n-embd, --block-size, vocabulary size)",
                      (Hasher() << c.n_layer << c.n_head << c.n_embd << c.block_size << c.vocab_size).get());
-  items.emplace_back("the batch (--batch-size, --shard-size)",
-                     (Hasher() << e.batch_size() << e.shard_size() << e.n_shards()).get());
+  items.emplace_back("the batch (--batch-size, --shard-size, --pass-size)",
+                     (Hasher() << e.batch_size() << e.shard_size() << e.n_shards() << e.pass_size()).get());
   items.emplace_back("the schedule and optimizer (--steps, --lr, --min-lr, --warmup, --lr-decay-steps, "
                      "--weight-decay, --beta1, --beta2, --grad-clip)",
                      (Hasher() << o.steps << o.lr << o.min_lr << o.warmup << o.lr_decay_steps << o.adamw.weight_decay

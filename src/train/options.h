@@ -38,6 +38,7 @@ struct TrainOptions {
   Config model = kDefaultPreset.model;  // vocab_size is taken from the data (or the resumed checkpoint)
   int batch_size = kDefaultPreset.batch_size;
   int shard_size = 0;  // sequences per shard; 0 = auto (see default_shard_size)
+  int pass_size = 0;   // sequences per forward/backward call; 0 = auto (see default_pass_size)
   int steps = 2000;
   int lr_decay_steps = 0;  // 0 = steps
   int warmup = 100;
@@ -73,8 +74,13 @@ void for_each_shape_option(O& o, V&& v) {
 template <class O, class V>
 void for_each_shard_option(O& o, V&& v) {
   v(o.shard_size, "shard-size",
-    "sequences per parallel task (0 = auto: >= 128 tokens a shard, at most 16 shards); changes the float "
-    "summation order, so keep it fixed to reproduce a run",
+    "sequences per shard, the unit of the gradient sum (0 = auto: >= 128 tokens a shard, at most 16 shards); "
+    "changes the float summation order, so keep it fixed to reproduce a run",
+    at_least(0));
+  v(o.pass_size, "pass-size",
+    "sequences per forward/backward call inside a shard, at most --shard-size (0 = auto: the fewest that make "
+    ">= 128 tokens); bounds the activation memory; changes the float summation order, so keep it fixed to "
+    "reproduce a run",
     at_least(0));
 }
 // The rest of training's options.

@@ -126,11 +126,13 @@ void Reporter::done(const TrainResult& r) {
   if (comm.size() > 1) {
     const Partition& p = e_.partition();
     const int me = comm.rank(), n = std::max(r.steps_this_run, 1);
+    size_t own_shards = 0;
+    for (size_t k = 0; k < p.rounds; ++k) own_shards += p.round(k)[me + 1] - p.round(k)[me];
     const CommStats st = comm.stats();
     std::snprintf(line, sizeof line,
-                  "mpi: %d ranks x %d threads; rank %d: shards [%zu, %zu), %zu of %zu parameters; %.2f ms/step in "
-                  "MPI calls (waits included); %.3f MB sent/step\n",
-                  comm.size(), e_.threads(), me, p.shard_begin[me], p.shard_begin[me + 1],
+                  "mpi: %d ranks x %d threads; rank %d: %zu of %zu shards (%zu a round), %zu of %zu parameters; "
+                  "%.2f ms/step in MPI calls (waits included); %.3f MB sent/step\n",
+                  comm.size(), e_.threads(), me, own_shards, p.n_shards, p.group,
                   p.float_begin[me + 1] - p.float_begin[me], e_.num_params(), 1000 * st.seconds / n,
                   st.bytes_sent / 1e6 / n);
     out_ << line;

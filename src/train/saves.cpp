@@ -86,17 +86,20 @@ RunStart start_run(const TrainOptions& o, Collective& comm) {
                              std::to_string(cfg.block_size + 1) + " needed");
   {
     const int shard = resolve_shard_size(o.shard_size, o.batch_size, cfg.block_size);
-    char what[200];
+    const int pass = resolve_pass_size(o.pass_size, shard, cfg.block_size);
+    char what[240];
     std::snprintf(what, sizeof what,
                   "training this model (n_layer %d, n_embd %d, block_size %d, vocabulary %d) with batch %d in shards "
-                  "of %d", cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size, o.batch_size, shard);
-    const double bytes = estimate_train_bytes(cfg, o.batch_size, o.shard_size, o.threads, o.eval_iters);
-    const char* hint = "lower --n-layer, --n-embd, --block-size, --batch-size or --shard-size";
+                  "of %d, passes of %d", cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size, o.batch_size, shard,
+                  pass);
+    const double bytes = estimate_train_bytes(cfg, o.batch_size, o.shard_size, o.threads, o.eval_iters, o.pass_size);
+    const char* hint = "lower --n-layer, --n-embd, --block-size, --batch-size, --pass-size or --threads";
     check_memory_need(what, bytes, hint);
     check_address_space(what, bytes, o.threads, hint);
   }
   run.engine = std::make_unique<Engine>(
-      cfg, EngineOptions{.batch_size = o.batch_size, .shard_size = o.shard_size, .threads = o.threads, .seed = o.seed},
+      cfg, EngineOptions{.batch_size = o.batch_size, .shard_size = o.shard_size, .pass_size = o.pass_size,
+                    .threads = o.threads, .seed = o.seed},
       o.backend, comm);
   Engine& e = *run.engine;
   if (o.resume) run.resume_note = load_resume_state(o, resumed, wmeta, ds, e);

@@ -273,10 +273,13 @@ TEST_CASE("cuda upload schedule: the Engine uploads the weights once per optimiz
   CHECK(one.lanes == 1);
   CHECK(one.after_first > 1);
   CHECK(one.after_last == one.after_first);
-  // Two threads: every lane's first shard allocates what the single lane did (all
-  // shards have the same shape), nothing after; plus the one weights buffer.
+  // Two threads: two shards in flight, each with its own activations (a slot),
+  // and a lane's input cache is keyed by the activations' address: a lane that
+  // ran both slots caches both, so at most twice what the single lane allocated
+  // (all shards have the same shape); plus the one weights buffer.
   const AllocCount two = engine_schedule(2, 5);
-  CHECK(two.after_last == 1 + two.lanes * (one.after_first - 1));
+  CHECK(two.after_last >= 1 + two.lanes * (one.after_first - 1));
+  CHECK(two.after_last <= 1 + two.lanes * 2 * (one.after_first - 1));
 }
 
 // ================================================================ the device backend, emulated

@@ -332,14 +332,20 @@ TEST_CASE("cli: the training memory estimate covers what the engine allocates") 
     CHECK(est >= (double)acts.bytes());
     CHECK(est <= 1.02 * (double)acts.bytes() + 4096);
   }
-  // One thread: one Activations; the estimate allows one per hardware thread up to the shard count.
-  chargpt::Engine e(cfg, {.batch_size = 5, .shard_size = 2, .threads = 1, .seed = 1});
+  // A gradient buffer and a pass's activations per shard in flight (min(threads, shards)).
   std::vector<int32_t> split(5000);
   for (size_t i = 0; i < split.size(); ++i) split[i] = (int32_t)(i * 7 % 67);
-  e.train_step(split, 1e-3f, 1.f, chargpt::AdamW{});
-  const double est = chargpt::estimate_train_bytes(cfg, 5, 2, 1);
-  CHECK(est >= (double)e.bytes_allocated());
-  CHECK(est <= (double)e.bytes_allocated() + 3 * chargpt::estimate_activation_bytes(cfg, 2) + 65536);
+  for (int threads : {1, 2, 3, 5})
+    for (int pass : {0, 1}) {
+      CAPTURE(threads);
+      CAPTURE(pass);
+      chargpt::Engine e(cfg, {.batch_size = 7, .shard_size = 2, .pass_size = pass, .threads = threads, .seed = 1});
+      e.train_step(split, 1e-3f, 1.f, chargpt::AdamW{});
+      const double est = chargpt::estimate_train_bytes(cfg, 7, 2, threads, 0, pass);
+      const double batch = 8.0 * 7 * cfg.block_size;  // the inputs and targets, not in bytes_allocated
+      CHECK(est >= (double)e.bytes_allocated() + batch);
+      CHECK(est <= (double)e.bytes_allocated() + batch + 0.02 * e.in_flight() * chargpt::estimate_activation_bytes(cfg, 2) + 4096);
+    }
   // The arithmetic does not overflow for absurd shapes.
   cfg.n_embd = 2000000000;
   cfg.n_head = 1;
@@ -350,14 +356,14 @@ TEST_CASE("cli: huge shapes and batches are refused with the memory they would n
   TempDir dir("cli_memory");
   const std::string data = write_corpus(dir), out = dir / "w.safetensors";
   for (const char* flags : {"--n-embd 1000000", "--batch-size 2000000000", "--n-layer 2000000",
-                            "--block-size 256 --batch-size 1000000", "--shard-size 1000000000"}) {
+                            "--block-size 256 --batch-size 1000000", "--shard-size 1000000000 --pass-size 1000000000"}) {
     const std::string f = flags;
     const auto r = run_cli("train --threads 1 --data " + data + " --out " + out + " " + f);
     CAPTURE(f);
     CAPTURE(r.output);
     CHECK(r.status == 1);
     CHECK(contains(r.output, "GiB of memory; "));
-    CHECK(contains(r.output, ": lower --n-layer, --n-embd, --block-size, --batch-size or --shard-size"));
+    CHECK(contains(r.output, ": lower --n-layer, --n-embd, --block-size, --batch-size, --pass-size or --threads"));
     CHECK(!fs::exists(out));
   }
   auto r = run_cli("train --threads 1 --data " + data + " --out " + out + " --n-embd 1000000");

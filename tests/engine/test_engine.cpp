@@ -64,9 +64,16 @@ struct RankRun {
   bool agreed_failure = false;  // the error was marked as raised by every rank
 };
 
+// The engine's plan of a run_ranks run: 4 shards of 2 sequences (the last of 1).
+struct Plan {
+  int pass_size = 0;  // 0 = default (the shard: the tiny model's 8-token rows)
+  int in_flight = 0;  // 0 = min(threads, shards per rank)
+};
+
 // `steps` steps with clipping on (so the gathered norm matters) of a tiny model
 // on R ranks, each with `threads` threads.
-std::vector<RankRun> run_ranks(int R, int threads, int steps, bool poison = false, float lr = 1e-2f) {
+std::vector<RankRun> run_ranks(int R, int threads, int steps, bool poison = false, float lr = 1e-2f,
+                               Plan plan = {}) {
   const Config cfg = test::tiny_config(11);
   const auto split = test::random_tokens(500, cfg.vocab_size, 3);
   ThreadGroup group(R);
@@ -77,7 +84,11 @@ std::vector<RankRun> run_ranks(int R, int threads, int steps, bool poison = fals
       ThreadCollective comm(group, r);
       RankRun& out = runs[r];
       try {
-        Engine e(cfg, {.batch_size = 7, .shard_size = 2, .threads = threads, .seed = 99}, BackendOptions{}, comm);
+        Engine e(cfg,
+                 {.batch_size = 7, .shard_size = 2, .pass_size = plan.pass_size, .threads = threads,
+                  .in_flight = plan.in_flight, .seed = 99},
+                 BackendOptions{}, comm);
+        if (e.n_shards() != 4) throw std::logic_error("expected 4 shards");
         init_params(cfg, e.params(), 5);
         if (poison) e.params()[3] = NAN;
         e.weights_loaded();
@@ -104,33 +115,77 @@ std::vector<RankRun> run_ranks(int R, int threads, int steps, bool poison = fals
 
 }  // namespace
 
-TEST_CASE("engine: one step on 1, 2 and 3 ranks (threads as ranks) and 1 to 3 threads gives the same bits") {
-  const std::vector<RankRun> ref = run_ranks(1, 1, 3);
-  REQUIRE(ref[0].error == "");
-  REQUIRE(ref[0].losses.size() == 3);
-  CHECK(ref[0].norms[0] > 0.05);  // clipping is on
-  CHECK(std::isfinite(ref[0].estimate));
-  CHECK(std::isfinite(ref[0].eval));
-  for (int R : {1, 2, 3})
-    for (int threads : {1, 2, 3}) {
-      if (R == 1 && threads == 1) continue;
-      CAPTURE(R);
-      CAPTURE(threads);
-      const std::vector<RankRun> runs = run_ranks(R, threads, 3);
-      for (int r = 0; r < R; ++r) {
-        CAPTURE(r);
-        const RankRun& x = runs[r];
-        REQUIRE(x.error == "");
-        CHECK_FALSE(x.agreed_failure);
-        CHECK(x.losses == ref[0].losses);  // every rank: the same loss and norm bits
-        CHECK(x.norms == ref[0].norms);
-        CHECK(same_bits(x.params.data(), ref[0].params.data(), x.params.size()));
-        CHECK(x.estimate == ref[0].estimate);
-        CHECK(x.eval == ref[0].eval);
+// Every rank's run is the reference's, bit for bit.
+void check_same_as(const std::vector<RankRun>& runs, const RankRun& ref) {
+  for (size_t r = 0; r < runs.size(); ++r) {
+    CAPTURE(r);
+    const RankRun& x = runs[r];
+    REQUIRE(x.error == "");
+    CHECK_FALSE(x.agreed_failure);
+    CHECK(x.losses == ref.losses);  // every rank: the same loss and norm bits
+    CHECK(x.norms == ref.norms);
+    CHECK(same_bits(x.params.data(), ref.params.data(), x.params.size()));
+    CHECK(x.estimate == ref.estimate);
+    CHECK(x.eval == ref.eval);
+  }
+  CHECK(same_bits(runs[0].m.data(), ref.m.data(), ref.m.size()));  // gathered on rank 0
+  CHECK(same_bits(runs[0].v.data(), ref.v.data(), ref.v.size()));
+}
+
+TEST_CASE("engine: 3 steps on 1 to 3 and 5 or 6 ranks (threads as ranks: more ranks than the 4 shards) and 1 to 8 "
+          "threads and 1 to 4 shards in flight give the same bits") {
+  for (int pass : {0, 1}) {  // one pass a shard, and 2 passes a shard (the last shard: 1)
+    CAPTURE(pass);
+    const std::vector<RankRun> ref = run_ranks(1, 1, 3, false, 1e-2f, {.pass_size = pass});
+    REQUIRE(ref[0].error == "");
+    REQUIRE(ref[0].losses.size() == 3);
+    CHECK(ref[0].norms[0] > 0.05);  // clipping is on
+    CHECK(std::isfinite(ref[0].estimate));
+    CHECK(std::isfinite(ref[0].eval));
+    for (int R : {1, 2, 3, 5, 6})
+      for (int threads : {1, 2, 3, 8}) {  // 8: oversubscribed on small machines
+        if (R == 1 && threads == 1) continue;
+        if (R > 3 && threads > 2) continue;  // the rank threads alone oversubscribe
+        CAPTURE(R);
+        CAPTURE(threads);
+        check_same_as(run_ranks(R, threads, 3, false, 1e-2f, {.pass_size = pass}), ref[0]);
       }
-      CHECK(same_bits(runs[0].m.data(), ref[0].m.data(), ref[0].m.size()));  // gathered on rank 0
-      CHECK(same_bits(runs[0].v.data(), ref[0].v.data(), ref[0].v.size()));
+    for (int in_flight : {1, 2, 4})  // whatever the threads: buffers in flight change no bits
+      for (int R : {1, 2}) {
+        CAPTURE(in_flight);
+        CAPTURE(R);
+        check_same_as(run_ranks(R, 3, 3, false, 1e-2f, {.pass_size = pass, .in_flight = in_flight}), ref[0]);
+      }
+  }
+}
+
+TEST_CASE("engine: a shard in passes is the same gradient summed in another order and its loss is the same to rounding") {
+  const std::vector<RankRun> whole = run_ranks(1, 2, 1), passes = run_ranks(1, 2, 1, false, 1e-2f, {.pass_size = 1});
+  REQUIRE(whole[0].error == "");
+  REQUIRE(passes[0].error == "");
+  CHECK(passes[0].losses[0] == doctest::Approx(whole[0].losses[0]).epsilon(1e-6));
+  CHECK(passes[0].norms[0] == doctest::Approx(whole[0].norms[0]).epsilon(1e-4));
+  double worst = 0;
+  for (size_t i = 0; i < whole[0].params.size(); ++i)
+    worst = std::max(worst, (double)std::fabs(whole[0].params[i] - passes[0].params[i]));
+  CHECK(worst < 1e-5);
+}
+
+TEST_CASE("engine: the engine bytes do not grow with the shard count and --pass-size over the shard is refused") {
+  const Config cfg = test::tiny_config(11);
+  size_t bytes = 0;
+  for (int shard : {8, 4, 2, 1}) {  // 1, 2, 4 and 8 shards of 8 sequences, 1-sequence passes, 2 in flight
+    CAPTURE(shard);
+    Engine e(cfg, {.batch_size = 8, .shard_size = shard, .pass_size = 1, .threads = 2, .in_flight = 2});
+    CHECK(e.in_flight() == std::min(2, e.n_shards()));
+    if (e.n_shards() >= 2) {
+      if (bytes == 0) bytes = e.bytes_allocated();
+      CHECK(e.bytes_allocated() == bytes);
     }
+  }
+  CHECK_THROWS_WITH_AS(Engine(cfg, {.batch_size = 8, .shard_size = 2, .pass_size = 3}),
+                       "--pass-size 3 exceeds the shard size 2 (--shard-size): a pass is part of one shard",
+                       std::runtime_error);
 }
 
 TEST_CASE("engine: a non-finite loss stops every rank at the same step with the same error, as an agreed failure") {

@@ -21,7 +21,7 @@ struct ThreadGroup {
   int R;
   std::barrier<> sync;
   std::vector<const void*> ptrs;
-  std::vector<const std::vector<float*>*> shards;
+  std::vector<const std::vector<float*>*> shards;  // each rank's shards of the round
   std::vector<char> flags, agreed;
 };
 
@@ -34,14 +34,29 @@ class ThreadCollective final : public Collective {
   void all_gather(double* d, const Bounds& b) override { gather(d, b, true); }
   void all_gather(uint64_t* d, const Bounds& b) override { gather(d, b, true); }
   void gather_to_root(float* d, const Bounds& b) override { gather(d, b, me_ == 0); }
-  void exchange_shard_grads(const Partition& p, const std::vector<float*>& mine) override {
+  // Copies every other rank's slices into this rank's buffer, as MPI would;
+  // own shards are pointed at, not copied.
+  void exchange_round(const Partition& p, const Bounds& round, const std::vector<float*>& mine,
+                      std::vector<const float*>& from) override {
+    REQUIRE(round.size() == (size_t)g_.R + 1);
+    REQUIRE(mine.size() == round[me_ + 1] - round[me_]);
     g_.shards[me_] = &mine;
     g_.sync.arrive_and_wait();
-    const size_t f0 = p.float_begin[me_], f1 = p.float_begin[me_ + 1];
+    const size_t f0 = p.float_begin[me_], own = p.float_begin[me_ + 1] - f0, n = round.back() - round.front();
+    recv_.resize(n * own);
+    from.assign(n, nullptr);
     for (int q = 0; q < g_.R; ++q)
-      for (size_t s = p.shard_begin[q]; s < p.shard_begin[q + 1]; ++s)
-        if (q != me_) std::memcpy(mine[s] + f0, (*g_.shards[q])[s] + f0, (f1 - f0) * sizeof(float));
-    g_.sync.arrive_and_wait();
+      for (size_t s = round[q]; s < round[q + 1]; ++s) {
+        const size_t i = s - round.front();
+        const float* src = (*g_.shards[q])[s - round[q]] + f0;
+        if (q == me_) {
+          from[i] = src;
+        } else {
+          std::memcpy(recv_.data() + i * own, src, own * sizeof(float));
+          from[i] = recv_.data() + i * own;
+        }
+      }
+    g_.sync.arrive_and_wait();  // the senders may reuse their buffers only after every copy
   }
   bool any(bool local) override {
     g_.flags[me_] = local;
@@ -66,6 +81,7 @@ class ThreadCollective final : public Collective {
   }
   ThreadGroup& g_;
   int me_;
+  std::vector<float> recv_;
 };
 
 // Runs f(comm) for every rank of g, each on its own thread; returns each rank's
