@@ -123,7 +123,7 @@ static void add_device_delta(DeviceSplit& d, const DeviceStats& a, const DeviceS
 std::vector<MemoryRow> memory_rows(const std::vector<int>& threads, int vocab_size) {
   std::vector<MemoryRow> out;
   for (const Preset& p : kPresets) out.push_back({p.name, p.model, p.batch_size, 0, {}});
-  out.push_back({"124M", {.block_size = 256, .n_layer = 12, .n_head = 12, .n_embd = 768}, 64, 0, {}});
+  out.push_back({"gpt2-sm", {.block_size = 256, .n_layer = 12, .n_head = 12, .n_embd = 768}, 64, 0, {}});
   for (MemoryRow& m : out) {
     m.model.vocab_size = vocab_size;
     m.n_params = num_params(m.model);

@@ -165,7 +165,8 @@ struct MemoryRow {
   size_t n_params = 0;
   std::vector<double> bytes;  // per thread count of the bench
 };
-// baby, nanogpt and a 124M-parameter shape (L12 H12 C768 T256, batch 64), with their default shard plans.
+// baby, nanogpt and GPT-2 small's shape ("gpt2-sm": L12 H12 C768 T256, batch 64; 124 M parameters with
+// GPT-2's 50257-token vocabulary, 85 M with a character vocabulary), with their default shard plans.
 std::vector<MemoryRow> memory_rows(const std::vector<int>& threads, int vocab_size);
 
 

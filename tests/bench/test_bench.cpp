@@ -15,6 +15,7 @@
 
 #include "bench/bench.h"
 #include "bench/bench_report.h"
+#include "engine/memory.h"
 #include "support.h"
 #include "io/data.h"
 #include "base/rng.h"
@@ -69,6 +70,14 @@ TEST_CASE("bench: shard granularity and the phase model") {
   CHECK(shard_granularity(12, 8) == doctest::Approx(2.0 / 12));  // 8 threads still need 2 rounds
   CHECK(shard_granularity(12, 64) == doctest::Approx(1.0 / 12));
   CHECK(shard_granularity(0, 8) == doctest::Approx(1.0 / 8));    // no shards: perfectly divisible
+  // Work split inside a shard: 6 shards of 2 row blocks (baby) stop at 12-way, not 6-way.
+  CHECK(shard_granularity(6, 8, 2) == doctest::Approx(2.0 / 12));  // 12 tasks on 8 threads: 2 task times
+  CHECK(shard_granularity(6, 16, 2) == doctest::Approx(1.0 / 12));
+  CHECK(shard_granularity(6, 4, 2) == doctest::Approx(3.0 / 12));  // rounds of 4 and 2 shards: 8 and 4 tasks on 4
+  // 16 shards of 4 blocks (nanogpt) on 64 threads: one round of 64 tasks.
+  CHECK(shard_granularity(16, 64, 4) == doctest::Approx(1.0 / 64));
+  // 5 rounds of 3 shards (12 tasks: 4 task times each), then 1 shard (4 tasks: 2): 22 of 64.
+  CHECK(shard_granularity(16, 3, 4) == doctest::Approx(22.0 / 64));
   // a phase with s = 0.1 in 12 shards: t(8) = 12 (0.1 + 0.9 * 2/12) = 3
   CHECK(phase_serial_fraction(12, 1, 3, 8, 12) == doctest::Approx(0.1));
   CHECK(phase_serial_fraction(10, 1, 6, 2) == doctest::Approx(0.2));
@@ -295,4 +304,20 @@ TEST_CASE("bench: the terminal table shows each row's cells from the same column
                "200.00 80% | 40.00 16% | 10.00 4%  0.000 -> 2.500      3.0      0.0       ?") != std::string::npos);
   CHECK(s.find("      3*      83.33 (1.00)") != std::string::npos);
   CHECK(s.find("     25%\n") != std::string::npos);
+}
+
+TEST_CASE("bench: the memory table's shapes and the estimate that does not grow with the shard count") {
+  const std::vector<MemoryRow> rows = memory_rows({1, 2}, 65);
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0].name == "baby");
+  CHECK(rows[1].name == "nanogpt");
+  CHECK(rows[2].name == "gpt2-sm");
+  CHECK(rows[2].n_params == 85302528);  // L12 C768 T256 with 65 characters
+  for (const MemoryRow& m : rows) CHECK(m.bytes[0] < m.bytes[1]);  // a second shard in flight
+  CHECK(rows[1].bytes[1] <= 400.0 * 1048576);  // nanogpt at 2 threads
+  // 64 sequences in 64, 16 or 4 shards, 1-sequence passes, 2 in flight: the same bytes.
+  const Config nano = rows[1].model;
+  const double b16 = estimate_train_bytes(nano, 64, 4, 2, 0, 1);
+  CHECK(estimate_train_bytes(nano, 64, 1, 2, 0, 1) == b16);
+  CHECK(estimate_train_bytes(nano, 64, 16, 2, 0, 1) == b16);
 }
