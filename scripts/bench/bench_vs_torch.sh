@@ -10,11 +10,14 @@
 # env:   CHARGPT    our binary            (default: build/chargpt)
 #        TORCH_PEER the peer script       (default: scripts/reference/torch_gpt_ref.py, in this repository)
 #        DATA       Tiny Shakespeare      (default: data/tinyshakespeare.txt)
+#        STEPS, WARMUP  timed and untimed steps per run (default: 30, 5)
 #
-# The peer is the project's PyTorch reference (same model, same recipe). It needs
-# Debian's PyTorch (sudo apt-get install -y python3-torch) and runs under
-# /usr/bin/python3 with OPENBLAS_NUM_THREADS=1, its best setting (OpenBLAS threads
-# on top of torch's oversubscribe the cores). TORCH_BF16=1 adds --bf16 (autocast).
+# The peer is the project's PyTorch reference (same model, same recipe), run by
+# the Python scripts/reference/torch_python.sh names (the current PyTorch that
+# scripts/setup_torch_peer.sh installs; TORCH_PYTHON overrides it) with
+# OPENBLAS_NUM_THREADS=1 and the reference's defaults: fused attention and AdamW,
+# torch.compile where it compiles and is faster (TORCH_COMPILE=on|off|auto, default
+# auto). TORCH_BF16=1 adds --bf16 (autocast).
 # Both sides time one optimizer step on a sampled batch (chargpt's step also
 # includes drawing the batch, a few microseconds); process start-up and data
 # loading are not timed. Run it on an otherwise idle machine.
@@ -30,17 +33,17 @@ THREADS=("$@")
 [ ${#THREADS[@]} -gt 0 ] || THREADS=(1 2)
 CHARGPT=${CHARGPT:-build/chargpt}
 TORCH_PEER=${TORCH_PEER:-scripts/reference/torch_gpt_ref.py}
-TORCH_FLAGS=()
+TORCH_FLAGS=(--compile "${TORCH_COMPILE:-auto}")
 [ "${TORCH_BF16:-0}" = 1 ] && TORCH_FLAGS+=(--bf16)
 DATA=${DATA:-data/tinyshakespeare.txt}
-PY=/usr/bin/python3
-STEPS=30
-WARMUP=5
+PY=python3  # parses the JSON
+STEPS=${STEPS:-30}
+WARMUP=${WARMUP:-5}
 
 [ -x "$CHARGPT" ] || { echo "bench_vs_torch: no chargpt binary at '$CHARGPT' (build it, or set CHARGPT)" >&2; exit 1; }
 [ -f "$TORCH_PEER" ] || { echo "bench_vs_torch: no PyTorch peer at '$TORCH_PEER' (set TORCH_PEER)" >&2; exit 1; }
 [ -f "$DATA" ] || { echo "bench_vs_torch: no data file at '$DATA' (set DATA)" >&2; exit 1; }
-"$PY" -c 'import torch' 2>/dev/null || { echo "bench_vs_torch: $PY cannot import torch (sudo apt-get install -y python3-torch)" >&2; exit 1; }
+TORCH_PY=$("$(dirname "$0")/../reference/torch_python.sh")
 
 # fields NAME... (space-separated) from the last line of JSON on stdin
 field() { "$PY" -c 'import json,sys; j = json.loads(sys.stdin.read().strip().splitlines()[-1]); print(*(j[k] for k in sys.argv[1:]))' "$@"; }
@@ -50,7 +53,8 @@ errs=$(mktemp)
 trap 'rm -f "$results" "$errs"' EXIT
 # run a command, its stdout into $out; on failure show its stderr and stop
 run() { if ! out=$("$@" 2>"$errs"); then echo "bench_vs_torch: failed: $*" >&2; cat "$errs" >&2; exit 1; fi; }
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)};" \
+  "PyTorch $("$TORCH_PY" -c 'import torch; print(torch.__version__)') ($TORCH_PY ${TORCH_FLAGS[*]})"
 printf '%-6s %-8s %-8s %10s %10s %8s\n' round side threads ms/step loss others
 for ((r = 1; r <= ROUNDS; r++)); do
   for n in "${THREADS[@]}"; do
@@ -68,7 +72,7 @@ print(j["method"]["blas_core"], "%.3f" % r["ms_median"], "%.4f" % r["loss_last"]
     printf '%-6s %-8s %-8s %10s %10s %8s\n' "$r" chargpt "$n" "$ms" "$loss" "$others"
     echo "chargpt $n $ms" >>"$results"
 
-    run env OPENBLAS_NUM_THREADS=1 "$PY" "$TORCH_PEER" bench --data "$DATA" --threads "$n" \
+    run env OPENBLAS_NUM_THREADS=1 "$TORCH_PY" "$TORCH_PEER" bench --data "$DATA" --threads "$n" \
       -L 4 -H 4 -C 128 -T 64 -B 12 --steps $STEPS --warmup $WARMUP ${TORCH_FLAGS[@]+"${TORCH_FLAGS[@]}"}
     theirs=$out
     read -r ms loss < <(echo "$theirs" | field ms_per_step loss)

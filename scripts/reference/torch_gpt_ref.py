@@ -9,26 +9,42 @@ decoupled decay on 2-D tensors only), linear warmup then cosine decay to
 --min-lr, global-norm clipping, random windows from the first 90% of the text's
 characters; the rest validates. Defaults are `chargpt train`'s (baby preset).
 
-  bench  time --steps optimizer steps after --warmup untimed ones; one JSON line
-         (median ms/step, tokens/s, the last loss, peak memory)
+  bench  time --steps optimizer steps after --warmup untimed ones at a constant
+         --lr (as `chargpt bench`); one JSON line (median ms/step, tokens/s, the
+         last loss and the mean of the last 5, peak memory, the setting)
   train  --steps steps on the text (loss estimates every --eval-interval steps
          like chargpt), then the exact val loss the way `chargpt eval` computes
          it (windows at 0, T, 2T, ..., every target once); one JSON line at the
          end with the wall times
 
-  /usr/bin/python3 scripts/reference/torch_gpt_ref.py bench --threads 2 [--bf16]
-  /usr/bin/python3 scripts/reference/torch_gpt_ref.py train --threads 2 --steps 2000
+  PY=$(scripts/reference/torch_python.sh)        # the peer's Python (see below)
+  $PY scripts/reference/torch_gpt_ref.py bench [--bf16] [--compile on|off|auto]
+  $PY scripts/reference/torch_gpt_ref.py train --steps 2000 [--bf16]
 
-PyTorch: Debian's package for /usr/bin/python3 (1.13 on Debian 12):
-  sudo apt-get install -y python3-torch
-Debian's torch does its matmuls in OpenBLAS. OpenBLAS's own threads on top of
-torch's oversubscribe the cores, so this script sets OPENBLAS_NUM_THREADS=1
-unless the environment already sets it: torch's --threads are the parallelism.
---bf16 runs forward and loss under torch.autocast("cpu", dtype=torch.bfloat16)
-(weights and optimizer stay fp32); whether it is faster depends on the CPU.
---device cuda runs the same steps on the GPU (autocast "cuda" with --bf16); the
-batches are still drawn on the CPU with the same generator, then copied over,
-and each timed step ends with loss.item(), which waits for the GPU.
+PyTorch: scripts/setup_torch_peer.sh puts a current release from PyPI into
+.venv-torch/ (Debian's python3-torch where PyPI cannot be reached); the bench
+scripts find it through scripts/reference/torch_python.sh. Its best CPU setting,
+which the defaults give where this PyTorch has it:
+  --threads     chargpt's default: every hardware thread (torch.set_num_threads)
+  --compile     torch.compile (inductor: generated C++ kernels, which needs a C++
+                compiler) for forward and backward. auto: compile, then time a few
+                steps each way (--compile-probe) and keep the faster; a compile
+                that fails falls back to eager (on: no timing). Evaluation runs
+                eager (other shapes would recompile). PyTorch 1.x has none.
+  --attention   sdpa: F.scaled_dot_product_attention(is_causal=True), PyTorch's
+                fused attention (2.0+); manual: the explicit masked softmax
+  AdamW         fused=True (2.4+ on the CPU), else PyTorch's default (foreach)
+  --bf16        forward and loss under torch.autocast("cpu", dtype=torch.bfloat16)
+                (weights and optimizer stay fp32); faster only where the CPU has
+                bf16 instructions (AVX512-BF16, AMX), so the callers measure both
+  OPENBLAS_NUM_THREADS=1 unless the environment sets it: Debian's torch does
+                its products in OpenBLAS, whose own threads on top of torch's
+                oversubscribe the cores (PyPI's wheel uses oneDNN and MKL instead)
+Both commands print that setting and the PyTorch version (stderr, and in the JSON).
+--device cuda runs the same steps on the GPU (autocast "cuda" with --bf16; auto
+compile means off there); the batches are still drawn on the CPU with the same
+generator, then copied over, and each timed step ends with loss.item(), which
+waits for the GPU.
 """
 import argparse
 import json
@@ -47,15 +63,20 @@ try:
     import torch.nn.functional as F
 except ImportError:
     sys.exit("torch_gpt_ref: PyTorch is not installed for this Python ("
-             f"{sys.executable}); on Debian: sudo apt-get install -y python3-torch")
+             f"{sys.executable}); scripts/setup_torch_peer.sh installs one into .venv-torch/")
+from torch_steps import Stepper, autocast, get_batch, make_optimizer  # noqa: E402
 
 
 # ---- The model --------------------------------------------------------------------
 
+HAVE_SDPA = hasattr(F, "scaled_dot_product_attention")
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd, n_head, block_size):
+    def __init__(self, n_embd, n_head, block_size, sdpa):
         super().__init__()
         self.n_head = n_head
+        self.sdpa = sdpa
         self.c_attn = nn.Linear(n_embd, 3 * n_embd)
         self.c_proj = nn.Linear(n_embd, n_embd)
         mask = torch.tril(torch.ones(block_size, block_size, dtype=torch.bool))
@@ -68,6 +89,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
         att = att.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))
         att = F.softmax(att, dim=-1)
@@ -86,10 +110,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd, n_head, block_size):
+    def __init__(self, n_embd, n_head, block_size, sdpa):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5)
-        self.attn = CausalSelfAttention(n_embd, n_head, block_size)
+        self.attn = CausalSelfAttention(n_embd, n_head, block_size, sdpa)
         self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5)
         self.mlp = MLP(n_embd)
 
@@ -99,7 +123,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd):
+    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, sdpa=False):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd {n_embd} must be divisible by n_head {n_head}")
@@ -107,7 +131,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(vocab_size, n_embd),
             wpe=nn.Embedding(block_size, n_embd),
-            h=nn.ModuleList([Block(n_embd, n_head, block_size) for _ in range(n_layer)]),
+            h=nn.ModuleList([Block(n_embd, n_head, block_size, sdpa) for _ in range(n_layer)]),
             ln_f=nn.LayerNorm(n_embd, eps=1e-5),
         ))
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
@@ -154,20 +178,6 @@ def load_splits(path):
     return vocab, data[:n_train], data[n_train:]
 
 
-def get_batch(data, B, T, g, device):
-    ix = torch.randint(len(data) - T, (B,), generator=g)
-    x = torch.stack([data[i:i + T] for i in ix.tolist()])
-    y = torch.stack([data[i + 1:i + 1 + T] for i in ix.tolist()])
-    return x.to(device), y.to(device)
-
-
-def make_optimizer(model, a):
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # weights and embeddings
-    no_decay = [p for p in model.parameters() if p.dim() < 2]  # biases and LayerNorm
-    groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), eps=1e-8)
-
-
 def lr_at(it, a, decay_steps):
     """nanoGPT's (and chargpt's lr_at): linear warmup, cosine to min_lr, then min_lr."""
     if it < a.lr_warmup:
@@ -176,25 +186,6 @@ def lr_at(it, a, decay_steps):
         return a.min_lr
     ratio = (it - a.lr_warmup) / (decay_steps - a.lr_warmup)
     return a.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (a.lr - a.min_lr)
-
-
-def autocast(a):
-    if a.bf16:
-        return torch.autocast(a.device, dtype=torch.bfloat16)
-    return torch.autocast(a.device, enabled=False)
-
-
-def train_step(model, opt, data, a, g, lr):
-    for group in opt.param_groups:
-        group["lr"] = lr
-    x, y = get_batch(data, a.B, a.T, g, a.device)
-    with autocast(a):
-        _, loss = model(x, y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip) if a.grad_clip > 0 else None
-    opt.step()
-    return loss.item(), norm
 
 
 @torch.no_grad()
@@ -247,14 +238,27 @@ def setup(a):
     vocab, train_data, val_data = load_splits(a.data)
     if len(train_data) <= a.T + 1 or len(val_data) <= 1:
         sys.exit(f"torch_gpt_ref: '{a.data}' is too short for block size {a.T}")
-    model = GPT(len(vocab), a.T, a.L, a.H, a.C).to(a.device)
+    sdpa = a.attention == "sdpa" and HAVE_SDPA
+    a.attention_used = "sdpa" if sdpa else ("manual (this PyTorch has no sdpa)" if a.attention == "sdpa" else "manual")
+    model = GPT(len(vocab), a.T, a.L, a.H, a.C, sdpa=sdpa).to(a.device)
     model.train()
-    return vocab, train_data, val_data, model, make_optimizer(model, a), torch.Generator().manual_seed(a.seed)
+    opt, a.adamw = make_optimizer(model, a)
+    return vocab, train_data, val_data, model, opt, torch.Generator().manual_seed(a.seed)
 
 
-def describe(a, model, vocab):
+def setting(a, stepper):
+    """The setting in words, for the logs."""
+    return (f"PyTorch {torch.__version__}, {a.device}, {a.threads} threads, "
+            f"{'bf16 autocast' if a.bf16 else 'fp32'}, torch.compile {stepper.compile}, "
+            f"attention {a.attention_used}, AdamW {a.adamw}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
+
+
+def describe(a, model, vocab, stepper):
     out = {"peer": "pytorch", "torch": torch.__version__, "threads": a.threads,
            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "bf16": a.bf16,
+           "compile": stepper.compile, "compiled": stepper.forward is not stepper.model,
+           "compile_seconds": None if stepper.compile_seconds is None else round(stepper.compile_seconds, 1),
+           "attention": a.attention_used, "adamw": a.adamw, "setting": setting(a, stepper),
            "config": {"n_layer": a.L, "n_head": a.H, "n_embd": a.C, "block_size": a.T, "batch_size": a.B,
                       "vocab_size": len(vocab)},
            "parameters": sum(p.numel() for p in model.parameters())}
@@ -268,39 +272,42 @@ def describe(a, model, vocab):
 
 def cmd_bench(a):
     vocab, train_data, _, model, opt, g = setup(a)
-    decay_steps = a.warmup + a.steps
-    for it in range(a.warmup):
-        train_step(model, opt, train_data, a, g, lr_at(it, a, decay_steps))
-    times, loss = [], float("nan")
-    for it in range(a.warmup, a.warmup + a.steps):
-        if a.device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss, _ = train_step(model, opt, train_data, a, g, lr_at(it, a, decay_steps))
-        times.append(time.perf_counter() - t0)
+    stepper = Stepper(model, opt, train_data, a, g)
+    it = 0  # a constant lr, as chargpt bench's
+    while it < a.warmup or not stepper.settled():  # untimed; the compile and --compile auto's probe too
+        stepper(it, a.lr)
+        it += 1
+    print(f"torch_gpt_ref bench: {setting(a, stepper)}", file=sys.stderr, flush=True)
+    times, losses = [], []
+    for k in range(a.steps):
+        loss, _, dt = stepper(it + k, a.lr)
+        times.append(dt)
+        losses.append(loss)
     ms = 1000 * statistics.median(times)
-    out = describe(a, model, vocab)
-    out.update({"steps": a.steps, "warmup": a.warmup, "ms_per_step": round(ms, 3),
+    out = describe(a, model, vocab, stepper)
+    out.update({"steps": a.steps, "warmup": it, "ms_per_step": round(ms, 3),
                 "ms_min": round(1000 * min(times), 3), "ms_max": round(1000 * max(times), 3),
-                "tok_per_s": round(a.B * a.T / (ms / 1000), 1), "loss": round(loss, 4),
+                "tok_per_s": round(a.B * a.T / (ms / 1000), 1), "loss": round(losses[-1], 4),
+                "loss_tail_mean": round(statistics.mean(losses[-5:]), 4),
                 "peak_rss_mib": round(peak_rss_mib(), 1)})
     print(json.dumps(out))
 
 
 def cmd_train(a):
     vocab, train_data, val_data, model, opt, g = setup(a)
+    stepper = Stepper(model, opt, train_data, a, g)
     decay_steps = a.lr_decay_steps if a.lr_decay_steps > 0 else a.steps
     eval_g = torch.Generator().manual_seed(a.seed + 1)
     log = sys.stderr
     print(f"torch_gpt_ref train: {sum(p.numel() for p in model.parameters())} parameters "
           f"(L={a.L} H={a.H} C={a.C} T={a.T} V={len(vocab)}), batch {a.B}, {a.threads} threads, "
-          f"bf16 {'on' if a.bf16 else 'off'}, {a.steps} steps", file=log, flush=True)
+          f"{a.steps} steps; {setting(a, stepper)} (the first step compiles)", file=log, flush=True)
     first_loss = loss = float("nan")
     val_est = train_est = float("nan")
     t0 = time.perf_counter()
     for it in range(a.steps):
         step = it + 1
-        loss, _ = train_step(model, opt, train_data, a, g, lr_at(it, a, decay_steps))
+        loss, _, _ = stepper(it, lr_at(it, a, decay_steps))
         if not math.isfinite(loss):
             sys.exit(f"torch_gpt_ref: non-finite loss at step {step}")
         if step == 1:
@@ -318,7 +325,8 @@ def cmd_train(a):
     eval_s = time.perf_counter() - t1
     print(f"trained {a.steps} steps in {train_s:.1f} s; val loss {val:.4f} (exact, {eval_s:.1f} s)",
           file=log, flush=True)
-    out = describe(a, model, vocab)
+    print(f"torch_gpt_ref train: {setting(a, stepper)}", file=log, flush=True)
+    out = describe(a, model, vocab, stepper)
     out.update({"steps": a.steps, "train_seconds": round(train_s, 2), "first_loss": round(first_loss, 4),
                 "last_loss": round(loss, 4), "train_loss_estimate": round(train_est, 4),
                 "val_loss_estimate": round(val_est, 4), "val_loss": round(val, 4),
@@ -344,9 +352,16 @@ def main():
     t.add_argument("--grad-clip", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=1337)
     r = common.add_argument_group("run")
-    r.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()),
-                   help="torch.set_num_threads (default: torch's default, %(default)s here)")
+    r.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch.set_num_threads (default: every hardware thread, as chargpt's --threads 0)")
     r.add_argument("--bf16", action="store_true", help="bf16 autocast for forward and loss")
+    r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile forward and backward (auto: where it compiles and is faster; "
+                        "a failed compile always falls back to eager)")
+    r.add_argument("--compile-probe", type=int, default=3,
+                   help="--compile auto: steps timed each way, eager and compiled alternately")
+    r.add_argument("--attention", choices=("sdpa", "manual"), default="sdpa",
+                   help="sdpa: PyTorch's fused causal attention (2.0+); manual: masked softmax")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the model and the steps run (cuda: the first GPU that PyTorch sees)")
 
@@ -357,7 +372,7 @@ def main():
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--steps", type=int, default=30, help="timed steps")
     b.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    b.set_defaults(lr_warmup=100, func=cmd_bench)
+    b.set_defaults(func=cmd_bench)
     tr = sub.add_parser("train", parents=[common], help="train, then the exact val loss; JSON at the end",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--steps", type=int, default=2000)
@@ -368,6 +383,8 @@ def main():
     tr.add_argument("--log-interval", type=int, default=100, help="steps between loss lines (stderr)")
     tr.set_defaults(func=cmd_train)
     a = ap.parse_args()
+    if a.compile_probe < 0:
+        ap.error("--compile-probe must be >= 0")
     for name in ("L", "H", "C", "T", "B", "threads", "steps"):
         if getattr(a, name) < 1:
             ap.error(f"{name} must be >= 1")
