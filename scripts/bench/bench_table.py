@@ -261,7 +261,8 @@ def main():
                              loss=xs[-1]["loss"], mfu=mfu, rate=rate, ratio=best / statistics.median(ms)))
         if not torch_bf16:
             rows.append({"preset": preset, "side": "PyTorch", "setting": "bf16 autocast", "threads": a.threads,
-                         "command": "", "skipped": "no AMX or AVX512-BF16 on this CPU (--torch-bf16 on to force)"})
+                         "command": "", "skipped": "--torch-bf16 off" if a.torch_bf16 == "off" else
+                         "no AMX or AVX512-BF16 on this CPU (--torch-bf16 on to force)"})
 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cpu = cpu_description(cpuinfo) or platform.processor() or "unknown CPU"
@@ -295,7 +296,8 @@ def main():
     out.append("")
     out += [f"    {x['command']}" for x in rows if x["command"] and x["preset"] == presets[0]]
     if len(presets) > 1:
-        out.append(f"    (the other presets: the same with --preset, and PyTorch's shape flags {TORCH_SHAPE})")
+        out.append("    (the other presets: the same with --preset and --steps/--warmup, and PyTorch's shape flags "
+                   + "; ".join(f"{p}: {' '.join(TORCH_SHAPE[p])}" for p in presets[1:]) + ")")
     text = "\n".join(out)
     print(text)
     if a.markdown:

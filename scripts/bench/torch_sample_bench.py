@@ -3,9 +3,9 @@
 (no KV cache: every new token runs the model over the context cropped to the
 last block_size tokens, under torch.no_grad) for a randomly initialised model of
 the same architecture (the project's reference, scripts/reference/torch_gpt_ref.py), and
-prints one JSON line. Needs Debian's PyTorch: sudo apt-get install -y python3-torch
+prints one JSON line. Needs PyTorch: scripts/setup_torch_peer.sh (or Debian's python3-torch).
 
-  /usr/bin/python3 scripts/bench/torch_sample_bench.py --threads 2 --tokens 512
+  $(scripts/reference/torch_python.sh) scripts/bench/torch_sample_bench.py --threads 2 --tokens 512
   (defaults: the baby shape, V=65 T=64 L=4 H=4 C=128)
 
 Compare with

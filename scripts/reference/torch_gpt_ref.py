@@ -301,7 +301,7 @@ def cmd_train(a):
     log = sys.stderr
     print(f"torch_gpt_ref train: {sum(p.numel() for p in model.parameters())} parameters "
           f"(L={a.L} H={a.H} C={a.C} T={a.T} V={len(vocab)}), batch {a.B}, {a.threads} threads, "
-          f"{a.steps} steps; {setting(a, stepper)} (the first step compiles)", file=log, flush=True)
+          f"{a.steps} steps; {setting(a, stepper)}", file=log, flush=True)
     first_loss = loss = float("nan")
     val_est = train_est = float("nan")
     t0 = time.perf_counter()
@@ -358,7 +358,7 @@ def main():
     r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile forward and backward (auto: where it compiles and is faster; "
                         "a failed compile always falls back to eager)")
-    r.add_argument("--compile-probe", type=int, default=3,
+    r.add_argument("--compile-probe", type=int, default=2,
                    help="--compile auto: steps timed each way, eager and compiled alternately")
     r.add_argument("--attention", choices=("sdpa", "manual"), default="sdpa",
                    help="sdpa: PyTorch's fused causal attention (2.0+); manual: masked softmax")

@@ -59,7 +59,10 @@ class Stepper:
         self.model, self.opt, self.data, self.a, self.g = model, opt, data, a, g
         self.forward = model
         self.mode = a.compile if not (a.compile == "auto" and a.device != "cpu") else "off"
-        self.compile = "off" if a.compile == "off" else "off (auto: the CPU only)"
+        self.compile = {"off": "off", "on": "on (the first step compiles)",
+                        "auto": "auto (the first step compiles)"}[a.compile]
+        if self.mode == "off" and a.compile == "auto":
+            self.compile = "off (auto: the CPU only)"
         self.probe = {"eager": [], "compiled": []}
         self.compile_seconds = None
         self.state = "settled"
