@@ -6,7 +6,7 @@
 //
 // A backend author implements three products (linear_forward, linear_backward,
 // matvec_forward), and, if the backend keeps its own copy of the weights (bf16,
-// or on a GPU), bind_weights and weights_changed:
+// on a GPU, or packed into its library's layout), bind_weights and weights_changed:
 //   - The engine binds the backend once to the parameter table (the block and
 //     where each tensor sits in it), and after every write of the weights (the
 //     AdamW chunk loop, init, a resume) says which float range of the block

@@ -11,6 +11,14 @@
 // sum (post-op sum, one fp32 add) are fp32. Everything outside the products
 // (LayerNorm, softmax, the loss, AdamW) is the same fp32 code as ever.
 //
+// Packed weights. A product whose B operand is a weight of the bound table (the
+// forward's Wᵀ, the backward's W for dinp) takes it in the layout oneDNN picks for that
+// product (format_tag::any): the weight is reordered into it once after each write
+// (weights_changed marks the tensor stale, the first product that needs it packs it),
+// and every product of the step reads the packed copy instead of repacking per call.
+// Packing is a copy, and the packed-layout primitive is the same kernel, so the bits
+// are those of the per-call packing.
+//
 // Threads. Every call runs single-threaded on the calling oneTBB worker: Debian's
 // oneDNN threads with OpenMP, so each worker sets its own OpenMP thread count to 1
 // before its first primitive. Primitives (and a stream and scratch buffers) are
@@ -23,6 +31,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -65,9 +74,10 @@ struct Key {
   int64_t as0, as1, bs0, bs1, ldc;
   bool bf16, bias;
   float sum;  // 0: C is written; otherwise C = product + sum·C
+  bool packed_b = false;  // B is a weight, read in the layout oneDNN picks (packed once per step)
   bool operator==(const Key& o) const {
     return M == o.M && N == o.N && K == o.K && as0 == o.as0 && as1 == o.as1 && bs0 == o.bs0 && bs1 == o.bs1 &&
-           ldc == o.ldc && bf16 == o.bf16 && bias == o.bias && sum == o.sum;
+           ldc == o.ldc && bf16 == o.bf16 && bias == o.bias && sum == o.sum && packed_b == o.packed_b;
   }
 };
 struct KeyHash {
@@ -76,7 +86,7 @@ struct KeyHash {
     std::memcpy(&s, &k.sum, 4);
     Fnv64Values h;
     h.add(k.M).add(k.N).add(k.K).add(k.as0).add(k.as1).add(k.bs0).add(k.bs1).add(k.ldc);
-    h.add(k.bf16).add(k.bias).add(s);
+    h.add(k.bf16).add(k.bias).add(s).add(k.packed_b);
     return (size_t)h.h;
   }
 };
@@ -84,6 +94,7 @@ struct KeyHash {
 struct Prim {
   dnnl::matmul prim;
   memory::desc a, b, bias, c, scratch;
+  memory::desc b_plain;  // B as the caller holds it (b is its packed layout when Key::packed_b)
   std::string impl;  // e.g. "brg:avx512_core_amx_bf16"
 };
 
@@ -110,11 +121,21 @@ class OneDnnBackend final : public Backend {
   void bind_weights(const WeightTable& table) override {
     table_ = table;
     if (bf16()) wb_.assign(table.floats, 0);
+    const size_t n = table.tensors.size();
+    packs_.clear();
+    packs_.resize(n);
+    stale_ = std::make_unique<std::atomic<uint64_t>[]>(n);
+    for (size_t t = 0; t < n; ++t) stale_[t].store(1, std::memory_order_relaxed);
   }
   void weights_changed(size_t begin, size_t end) override {
     if (!table_.block || begin > end || end > table_.floats)
       throw std::logic_error("onednn backend: weights_changed out of range");
     if (bf16()) to_bf16(wb_.data() + begin, table_.block + begin, end - begin);
+    // Every tensor the range touches is repacked at its next use.
+    for (size_t t = 0; t < table_.tensors.size(); ++t) {
+      const TensorSlot& s = table_.tensors[t];
+      if (s.offset < end && begin < s.offset + s.numel) stale_[t].fetch_add(1, std::memory_order_acq_rel);
+    }
   }
 
   bool wants_bf16_inputs() const override { return bf16(); }
@@ -122,12 +143,9 @@ class OneDnnBackend final : public Backend {
   void linear_forward(float* out, LinearInput inp, Weight weight, Weight bias, int R, int IC, int OC) override {
     Local& L = locals_.local();
     // out[R,OC] = inp[R,IC] · Wᵀ: B[k=i, n=o] = W[o*IC + i].
-    Key k{R, OC, IC, IC, 1, 1, IC, OC, bf16(), bias.data != nullptr, 0.f};
-    if (bf16()) {
-      run(L, k, input16(L.a16, inp, (size_t)R * IC), weight16(weight, (size_t)OC * IC), bias.data, out);
-    } else {
-      run(L, k, inp.f32, weight.data, bias.data, out);
-    }
+    Key k{R, OC, IC, IC, 1, 1, IC, OC, bf16(), bias.data != nullptr, 0.f, packable(weight)};
+    const void* A = bf16() ? (const void*)input16(L.a16, inp, (size_t)R * IC) : inp.f32;
+    run(L, k, A, weight_operand(weight, (size_t)OC * IC), bias.data, out, weight);
   }
 
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, LinearInput inp, Weight weight,
@@ -135,7 +153,7 @@ class OneDnnBackend final : public Backend {
     Local& L = locals_.local();
     const float sum = accumulate ? 1.f : 0.f;
     // dinp[R,IC] = dout[R,OC] · W[OC,IC]
-    Key kd{R, IC, OC, OC, 1, IC, 1, IC, bf16(), false, 0.f};
+    Key kd{R, IC, OC, OC, 1, IC, 1, IC, bf16(), false, 0.f, packable(weight)};
     // dW[OC,IC] (+)= doutᵀ · inp: A[m=o, k=r] = dout[r*OC + o].
     Key kw{OC, IC, R, 1, OC, IC, 1, IC, bf16(), false, sum};
     if (bf16()) {
@@ -148,10 +166,10 @@ class OneDnnBackend final : public Backend {
         to_bf16(d16 + (size_t)r * OC, d, (size_t)OC);
         if (dbias) bias_grad_rows(dbias, d, 1, OC);
       }
-      if (dinp) run(L, kd, d16, weight16(weight, (size_t)OC * IC), nullptr, dinp);
+      if (dinp) run(L, kd, d16, weight16(weight, (size_t)OC * IC), nullptr, dinp, weight);
       run(L, kw, d16, input16(L.b16, inp, (size_t)R * IC), nullptr, dweight);
     } else {
-      if (dinp) run(L, kd, dout, weight.data, nullptr, dinp);
+      if (dinp) run(L, kd, dout, weight_operand(weight, (size_t)OC * IC), nullptr, dinp, weight);
       run(L, kw, dout, inp.f32, nullptr, dweight);
       if (dbias) bias_grad(dbias, dout, R, OC, accumulate);
     }
@@ -193,6 +211,51 @@ class OneDnnBackend final : public Backend {
 
   // The bf16 copy of a weight of the bound table.
   const uint16_t* weight16(const Weight& w, size_t n) const { return wb_.data() + table_.offset_of(w, n); }
+  // A product's weight as the caller holds it: the bf16 copy, or the host floats (checked
+  // to be the named tensor's when it will be packed).
+  const void* weight_operand(const Weight& w, size_t n) const {
+    if (bf16()) return weight16(w, n);
+    if (packable(w)) (void)table_.offset_of(w, n);
+    return w.data;
+  }
+  // Whether a weight is packed once per step: it is a tensor of the bound table, whose
+  // writes weights_changed reports.
+  bool packable(const Weight& w) const { return table_.block && w.tensor >= 0; }
+
+  // One weight packed into the layout `packed` of a primitive that reads it as `plain`.
+  struct Packed {
+    memory::desc plain, packed;
+    memory mem;                       // owns the packed bytes
+    std::atomic<uint64_t> version{0};  // the stale_ count it was packed at (0: never)
+    std::mutex m;
+  };
+
+  // The packed copy of weight w for primitive p (B at `plain`): packed by the first call
+  // after the tensor changed, read by every other.
+  const void* packed_weight(Local& L, const Prim& p, const Weight& w, const void* plain) {
+    Packed* pk = nullptr;
+    {
+      std::lock_guard<std::mutex> g(packs_mu_);
+      for (auto& e : packs_.at((size_t)w.tensor))
+        if (e->packed == p.b && e->plain == p.b_plain) pk = e.get();
+      if (!pk) {
+        packs_[(size_t)w.tensor].push_back(std::make_unique<Packed>());
+        pk = packs_[(size_t)w.tensor].back().get();
+        pk->plain = p.b_plain, pk->packed = p.b, pk->mem = memory(p.b, eng_);
+      }
+    }
+    const uint64_t version = stale_[(size_t)w.tensor].load(std::memory_order_acquire);
+    if (pk->version.load(std::memory_order_acquire) != version) {
+      std::lock_guard<std::mutex> g(pk->m);
+      if (pk->version.load(std::memory_order_relaxed) != version) {
+        memory src(pk->plain, eng_, const_cast<void*>(plain));
+        dnnl::reorder(src, pk->mem).execute(L.strm, src, pk->mem);
+        L.strm.wait();
+        pk->version.store(version, std::memory_order_release);
+      }
+    }
+    return pk->mem.get_data_handle();
+  }
 
   // The bf16 activation input: the model's copy, or n floats rounded into buf.
   static const uint16_t* input16(std::vector<uint16_t>& buf, const LinearInput& in, size_t n) {
@@ -207,7 +270,8 @@ class OneDnnBackend final : public Backend {
     const dt in = k.bf16 ? dt::bf16 : dt::f32;
     Prim p;
     p.a = memory::desc({k.M, k.K}, in, {k.as0, k.as1});
-    p.b = memory::desc({k.K, k.N}, in, {k.bs0, k.bs1});
+    p.b_plain = memory::desc({k.K, k.N}, in, {k.bs0, k.bs1});
+    p.b = k.packed_b ? memory::desc({k.K, k.N}, in, memory::format_tag::any) : p.b_plain;
     p.c = memory::desc({k.M, k.N}, dt::f32, {k.ldc, 1});
     if (k.bias) p.bias = memory::desc({1, k.N}, dt::f32, {k.N, 1});
     dnnl::primitive_attr attr;
@@ -220,13 +284,17 @@ class OneDnnBackend final : public Backend {
     dnnl::matmul::desc d = k.bias ? dnnl::matmul::desc(p.a, p.b, p.bias, p.c) : dnnl::matmul::desc(p.a, p.b, p.c);
     dnnl::matmul::primitive_desc pd(d, attr, eng_);
     p.scratch = pd.scratchpad_desc();
+    p.b = pd.weights_desc();
     p.impl = pd.impl_info_str();
     p.prim = dnnl::matmul(pd);
     return L.prims.emplace(k, std::move(p)).first->second;
   }
 
-  void run(Local& L, const Key& k, const void* A, const void* B, const float* bias, float* C) {
+  // w: the weight B is, when k.packed_b (B is then its plain form, packed here).
+  void run(Local& L, const Key& k, const void* A, const void* B, const float* bias, float* C,
+           const Weight& w = {}) {
     Prim& p = prim(L, k);
+    if (k.packed_b && p.b != p.b_plain) B = packed_weight(L, p, w, B);
     uint8_t* scratch = grow(L.scratch, std::max<size_t>(p.scratch.get_size(), 1));
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC, memory(p.a, eng_, const_cast<void*>(A))},
@@ -243,6 +311,9 @@ class OneDnnBackend final : public Backend {
   tbb::enumerable_thread_specific<Local> locals_;
   WeightTable table_;
   std::vector<uint16_t> wb_;  // bf16 copy of the bound block (bf16 only)
+  std::mutex packs_mu_;        // guards the lists in packs_ (not the packed bytes)
+  std::vector<std::vector<std::unique_ptr<Packed>>> packs_;  // per tensor: its packed layouts
+  std::unique_ptr<std::atomic<uint64_t>[]> stale_;          // per tensor: counts its changes, from 1
 };
 
 std::unique_ptr<Backend> make_onednn(const BackendOptions& opt) { return std::make_unique<OneDnnBackend>(opt.precision); }
