@@ -23,6 +23,7 @@ struct AttentionKernels : Vec<W> {
   using typename Vec<W>::vf;
   using Vec<W>::loadv;
   using Vec<W>::storev;
+  using Vec<W>::loadv_reg;
   using Vec<W>::hsum;
   using Vec<W>::kLane;
   static constexpr int kW = W;
@@ -57,7 +58,7 @@ struct AttentionKernels : Vec<W> {
     const float* b = BT + g * kW;
     for (int d = 0; d < hd; ++d) {
       vf bv[NC];
-      for (int k = 0; k < NC; ++k) bv[k] = loadv(b + (size_t)d * Tp + k * kW);
+      for (int k = 0; k < NC; ++k) bv[k] = loadv_reg(b + (size_t)d * Tp + k * kW);
       for (int r = 0; r < NR; ++r) {
         const float a = A[(size_t)(i0 + r) * lda + d];
         for (int k = 0; k < NC; ++k) acc[r][k] += a * bv[k];
@@ -90,7 +91,7 @@ struct AttentionKernels : Vec<W> {
     vf acc[NR][NC] = {};
     for (int j = 0; j < i0 + NR; ++j) {
       vf vv[NC];
-      for (int k = 0; k < NC; ++k) vv[k] = loadv(V + (size_t)j * ldv + c + k * kW);
+      for (int k = 0; k < NC; ++k) vv[k] = loadv_reg(V + (size_t)j * ldv + c + k * kW);
       for (int r = 0; r < NR; ++r) {
         const float p = P[(size_t)(i0 + r) * ldp + j];
         for (int k = 0; k < NC; ++k) acc[r][k] += p * vv[k];
@@ -127,7 +128,7 @@ struct AttentionKernels : Vec<W> {
     vf acc[NR][NC] = {};
     for (int i = j0; i < T; ++i) {
       vf xv[NC];
-      for (int k = 0; k < NC; ++k) xv[k] = loadv(X + (size_t)i * ldx + c + k * kW);
+      for (int k = 0; k < NC; ++k) xv[k] = loadv_reg(X + (size_t)i * ldx + c + k * kW);
       for (int r = 0; r < NR; ++r) {
         const float p = P[(size_t)i * ldp + j0 + r];
         for (int k = 0; k < NC; ++k) acc[r][k] += p * xv[k];

@@ -51,6 +51,17 @@ struct Vec {
     return v;
   }
   static void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+  // v loaded once into a register for the kernels that multiply it by several scalars:
+  // without this GCC folds the load into every FMA that reads v, and on Zen 4 (one 512-bit
+  // load a cycle) the attention kernels then wait on loads. Only the code changes, not the
+  // arithmetic. (Widths the build's registers cannot hold are left to the compiler.)
+  static vf loadv_reg(const float* p) {
+    vf v = loadv(p);
+#if defined(__x86_64__) || defined(__i386__)
+    if constexpr (W <= kNativeWidth) asm("" : "+x"(v));
+#endif
+    return v;
+  }
 
   // Σ of the W lanes, in lane order.
   static float hsum(vf v) {
