@@ -111,11 +111,16 @@ class Backend {
   // True if the products read their activation input in bf16: the model then hands
   // them a bf16 copy in LinearInput::bf16 (else the backend converts per call).
   virtual bool wants_bf16_inputs() const { return false; }
+  // True if the model may split a product into several calls on blocks of it (rows of the
+  // output; output features of the weight gradient) to run them on several threads. False
+  // where every call costs a transfer (a GPU): the model then makes one call per product.
+  virtual bool splits_products() const { return true; }
 
   // out[R,OC] = inp[R,IC] · weight[OC,IC]ᵀ + bias[OC] (bias.data may be null).
   virtual void linear_forward(float* out, LinearInput inp, Weight weight, Weight bias, int R, int IC, int OC) = 0;
   // dinp[R,IC] = dout · weight (skipped if null); dweight[OC,IC] += doutᵀ · inp; dbias[OC] += Σ_r dout
-  // (if non-null). accumulate = false: dweight and dbias are written (=) instead.
+  // (if non-null). accumulate = false: dweight and dbias are written (=) instead. dweight null:
+  // dinp only (dbias is then ignored); weight is read only for dinp, inp only for dweight.
   virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, LinearInput inp,
                                Weight weight, int R, int IC, int OC, bool accumulate) = 0;
   // Rows [row0, row1) of out[OC] = weight[OC,IC] · x[IC] + bias[OC] (bias.data may be null): the

@@ -37,6 +37,7 @@ class DeviceBackend final : public Backend {
 
   std::string name() const override { return device_->name(); }
   bool wants_bf16_inputs() const override { return tune_.bf16; }
+  bool splits_products() const override { return false; }  // every call is a transfer
 
   void bind_weights(const WeightTable& table) override {
     std::lock_guard<std::mutex> g(flush_mu_);
@@ -144,8 +145,9 @@ class DeviceBackend final : public Backend {
 
   void backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                 const uint16_t* inp16, Weight weight, int R, int IC, int OC, bool accumulate) {
+    if (!dweight) dbias = nullptr;  // dinp only
     if (R <= 0) {
-      if (!accumulate) {
+      if (!accumulate && dweight) {
         std::memset(dweight, 0, sizeof(float) * OC * IC);
         if (dbias) std::memset(dbias, 0, sizeof(float) * OC);
       }
@@ -169,6 +171,11 @@ class DeviceBackend final : public Backend {
     if (dinp) {
       L.gemm(false, false, R, IC, OC, d_dout, OC, w, IC, 0.f, L.d_out.p + p.dinp, IC, main_inputs(), tune_.timers);
       issue_down(L, dinp, L.h_out.p + p.dinp, L.d_out.p + p.dinp, (size_t)R * IC, false);
+    }
+    if (!dweight) {
+      finish(L);
+      end_call(L, t0);
+      return;
     }
     const float* d_x = tune_.input_cache != DeviceTuning::InputCache::off ? cache_find(L, inp, R, IC) : nullptr;
     if (d_x) {

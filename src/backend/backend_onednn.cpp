@@ -151,6 +151,7 @@ class OneDnnBackend final : public Backend {
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, LinearInput inp, Weight weight,
                        int R, int IC, int OC, bool accumulate) override {
     Local& L = locals_.local();
+    if (!dweight) dbias = nullptr;  // dinp only
     const float sum = accumulate ? 1.f : 0.f;
     // dinp[R,IC] = dout[R,OC] · W[OC,IC]
     Key kd{R, IC, OC, OC, 1, IC, 1, IC, bf16(), false, 0.f, packable(weight)};
@@ -167,10 +168,10 @@ class OneDnnBackend final : public Backend {
         if (dbias) bias_grad_rows(dbias, d, 1, OC);
       }
       if (dinp) run(L, kd, d16, weight16(weight, (size_t)OC * IC), nullptr, dinp, weight);
-      run(L, kw, d16, input16(L.b16, inp, (size_t)R * IC), nullptr, dweight);
+      if (dweight) run(L, kw, d16, input16(L.b16, inp, (size_t)R * IC), nullptr, dweight);
     } else {
       if (dinp) run(L, kd, dout, weight_operand(weight, (size_t)OC * IC), nullptr, dinp, weight);
-      run(L, kw, dout, inp.f32, nullptr, dweight);
+      if (dweight) run(L, kw, dout, inp.f32, nullptr, dweight);
       if (dbias) bias_grad(dbias, dout, R, OC, accumulate);
     }
   }

@@ -42,6 +42,7 @@ class OpenBlasBackend final : public Backend {
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, LinearInput inp, Weight weight,
                        int R, int IC, int OC, bool accumulate) override {
     if (dinp) sgemm(false, false, R, IC, OC, 1.f, dout, OC, weight.data, IC, 0.f, dinp, IC);
+    if (!dweight) return;
     sgemm(true, false, OC, IC, R, 1.f, dout, OC, inp.f32, IC, accumulate ? 1.f : 0.f, dweight, IC);
     if (dbias) bias_grad(dbias, dout, R, OC, accumulate);
   }

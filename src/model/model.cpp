@@ -4,7 +4,6 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "ops/ops.h"
 #include "base/rng.h"
 
 namespace chargpt {
@@ -174,7 +173,6 @@ void lay_out_rest(Activations& a, const Config& cfg, S N, const Take& take) {
   a.d_c = take(BT * C);
   a.d_qkv = take(BT * 3 * C);
   a.d_fc = take(BT * 4 * C);
-  a.att_scratch = take((S)attention_scratch_floats(cfg.block_size, cfg.n_embd / cfg.n_head));
 }
 
 }  // namespace
@@ -223,95 +221,6 @@ void Activations::use_bf16(bool on) {
     if (p) p += per_layer;
   }
   lnf16 = p;
-}
-
-namespace {
-// The handle of layer l's tensor t (its host floats p) for the backend.
-Weight weight(const float* p, int l, LayerTensor t) { return {p, tensor_index(l, t)}; }
-}  // namespace
-
-double gpt_forward(Backend& be, const Config& cfg, const ConstParamViews& P, Activations& a, const int32_t* inputs,
-                   const int32_t* targets, int N, int t) {
-  if (N > a.max_batch || t > cfg.block_size || t < 1)
-    throw std::logic_error("gpt_forward: batch or length beyond the activation buffers");
-  const int C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
-  const int R = N * t;
-  // A backend with bf16 products gets bf16 copies of their activation inputs, written by the
-  // ops that produce them (null otherwise: the fp32 path writes none).
-  a.use_bf16(be.wants_bf16_inputs());
-  encoder_forward(a.encoded, inputs, P.wte, P.wpe, N, t, C);
-  const float* x = a.encoded;
-  using T = LayerTensor;
-  for (int l = 0; l < cfg.n_layer; ++l) {
-    const ConstLayerParams& W = P.layers[l];
-    Activations::Layer& A = a.layers[l];
-    layernorm_forward(A.ln1, A.ln1_mean, A.ln1_rstd, x, W.ln1_w, W.ln1_b, R, C, A.ln1_16);
-    be.linear_forward(A.qkv, {A.ln1, A.ln1_16}, weight(W.qkv_w, l, T::qkv_w), weight(W.qkv_b, l, T::qkv_b), R, C,
-                      3 * C);
-    attention_forward(A.att_y, A.att_probs, a.att_scratch, A.qkv, N, t, C, NH);
-    if (A.att_y16) to_bf16(A.att_y16, A.att_y, (size_t)R * C);
-    be.linear_forward(A.res_att, {A.att_y, A.att_y16}, weight(W.attproj_w, l, T::attproj_w),
-                      weight(W.attproj_b, l, T::attproj_b), R, C, C);
-    residual_forward(A.res_att, A.res_att, x, (size_t)R * C);
-    layernorm_forward(A.ln2, A.ln2_mean, A.ln2_rstd, A.res_att, W.ln2_w, W.ln2_b, R, C, A.ln2_16);
-    be.linear_forward(A.fc, {A.ln2, A.ln2_16}, weight(W.fc_w, l, T::fc_w), weight(W.fc_b, l, T::fc_b), R, C, 4 * C);
-    gelu_forward(A.fc_gelu, A.fc, (size_t)R * 4 * C, A.fc_gelu16);
-    be.linear_forward(A.res_mlp, {A.fc_gelu, A.fc_gelu16}, weight(W.fcproj_w, l, T::fcproj_w),
-                      weight(W.fcproj_b, l, T::fcproj_b), R, 4 * C, C);
-    residual_forward(A.res_mlp, A.res_mlp, A.res_att, (size_t)R * C);
-    x = A.res_mlp;
-  }
-  layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, P.lnf_w, P.lnf_b, R, C, a.lnf16);
-  be.linear_forward(a.probs, {a.lnf, a.lnf16}, {P.wte, kWteTensor}, {}, R, C, V);  // tied LM head
-  if (!targets) return 0.0;
-  softmax_crossentropy_forward(a.losses, a.probs, a.probs, targets, R, V);
-  return loss_sum(a.losses, (size_t)R);
-}
-
-void gpt_backward(Backend& be, const Config& cfg, const ConstParamViews& P, const ParamViews& G, Activations& a,
-                  const int32_t* inputs, const int32_t* targets, int N, int t, float dloss, bool accumulate) {
-  const int C = cfg.n_embd, V = cfg.vocab_size, NH = cfg.n_head;
-  const int R = N * t;
-  const size_t RC = (size_t)R * C;
-  if (!accumulate) {
-    // The matrices and biases are written by their first (only) linear_backward;
-    // LayerNorm and wpe gradients are sums of += and start from zero here.
-    fill_zero(G.wpe, (size_t)cfg.block_size * C);
-    for (const LayerParams& L : G.layers)
-      for (float* p : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b}) fill_zero(p, C);
-    fill_zero(G.lnf_w, C);
-    fill_zero(G.lnf_b, C);
-  }
-  float* d_logits = a.probs;  // in place
-  softmax_crossentropy_backward(d_logits, a.probs, targets, dloss, R, V);
-  // wte: the LM head's product first, so that it may overwrite; the encoder adds to it.
-  // The activation inputs carry the forward's bf16 copies (null where it wrote none).
-  be.linear_backward(a.d_c, G.wte, nullptr, d_logits, {a.lnf, a.lnf16}, {P.wte, kWteTensor}, R, C, V, accumulate);
-  const float* x_last = cfg.n_layer ? a.layers.back().res_mlp : a.encoded;
-  fill_zero(a.d_res, RC);
-  layernorm_backward(a.d_res, G.lnf_w, G.lnf_b, a.d_c, x_last, P.lnf_w, a.lnf_mean, a.lnf_rstd, R, C);
-  using T = LayerTensor;
-  for (int l = cfg.n_layer - 1; l >= 0; --l) {
-    const ConstLayerParams& W = P.layers[l];
-    const LayerParams& dW = G.layers[l];
-    Activations::Layer& A = a.layers[l];
-    const float* x_in = l ? a.layers[l - 1].res_mlp : a.encoded;
-    // MLP: res_mlp = res_att + fcproj(gelu(fc(ln2(res_att))))
-    be.linear_backward(a.d_fc, dW.fcproj_w, dW.fcproj_b, a.d_res, {A.fc_gelu, A.fc_gelu16},
-                       weight(W.fcproj_w, l, T::fcproj_w), R, 4 * C, C, accumulate);
-    gelu_backward(a.d_fc, A.fc, a.d_fc, (size_t)R * 4 * C);
-    be.linear_backward(a.d_c, dW.fc_w, dW.fc_b, a.d_fc, {A.ln2, A.ln2_16}, weight(W.fc_w, l, T::fc_w), R, C, 4 * C,
-                       accumulate);
-    layernorm_backward(a.d_res, dW.ln2_w, dW.ln2_b, a.d_c, A.res_att, W.ln2_w, A.ln2_mean, A.ln2_rstd, R, C);
-    // Attention: res_att = x_in + attproj(attention(qkv(ln1(x_in))))
-    be.linear_backward(a.d_c, dW.attproj_w, dW.attproj_b, a.d_res, {A.att_y, A.att_y16},
-                       weight(W.attproj_w, l, T::attproj_w), R, C, C, accumulate);
-    attention_backward(a.d_qkv, a.att_scratch, a.d_c, A.qkv, A.att_probs, N, t, C, NH);
-    be.linear_backward(a.d_c, dW.qkv_w, dW.qkv_b, a.d_qkv, {A.ln1, A.ln1_16}, weight(W.qkv_w, l, T::qkv_w), R, C,
-                       3 * C, accumulate);
-    layernorm_backward(a.d_res, dW.ln1_w, dW.ln1_b, a.d_c, x_in, W.ln1_w, A.ln1_mean, A.ln1_rstd, R, C);
-  }
-  encoder_backward(G.wte, G.wpe, a.d_res, inputs, N, t, C);
 }
 
 double flops_per_token(const Config& cfg) {

@@ -125,7 +125,6 @@ struct Activations {
   float* d_c;     // [N,T,C] gradient of a LayerNorm output or of att_y
   float* d_qkv;   // [N,T,3C]
   float* d_fc;    // [N,T,4C]
-  float* att_scratch;  // one head's attention scratch (attention_scratch_floats)
   uint16_t* lnf16 = nullptr;  // bf16 copy of lnf (use_bf16)
   std::vector<uint16_t> mem16;  // the bf16 copies' allocation
 
@@ -144,6 +143,8 @@ struct Activations {
   size_t rows_ = 0, C_ = 0;  // max_batch * block_size, n_embd
 };
 
+// The ops run on the calling thread and, in fixed blocks, on the other threads of its
+// oneTBB arena (model/blocks.h): the bits do not depend on the thread count.
 // The linear layers' products go through `be` (bound to the block `params`
 // points into, when the backend keeps its own copy of the weights).
 // Forward over N sequences of t <= block_size tokens. With targets, returns the

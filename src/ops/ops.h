@@ -25,8 +25,13 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int R, int C, uint16_t* out16 = nullptr);
 // dinp[R,C] += (it feeds the residual stream, whose gradient it adds to), dweight[C] +=, dbias[C] +=
+// (both skipped if dweight is null).
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int R, int C);
+// Columns [c0, c1) of layernorm_backward's dweight and dbias alone, each a sum over the R rows in
+// row order: the same bits as layernorm_backward's, for any split of the columns.
+void layernorm_backward_params(float* dweight, float* dbias, const float* dout, const float* inp, const float* mean,
+                               const float* rstd, int R, int C, int c0, int c1);
 
 // Causal multi-head self-attention.
 // qkv[N,T,3C] holds q|k|v per position, heads of size C/NH inside each.
@@ -47,6 +52,12 @@ void attention_head_forward(float* y, int ldy, float* P, float* scratch, const f
 void attention_head_decode(float* y, float* scratch, const float* q, const float* K, const float* V, int ld, int n,
                            int hd);
 size_t attention_decode_scratch_floats(int T, int hd);
+// One (sequence, head) of attention_backward, laid out as attention_head_forward: dq is the
+// head's query gradient at position 0 of a dqkv block with row stride 3C (dk at dq + C, dv at
+// dq + 2C), written (=); dy the head's output gradient [T,hd] (row stride ldy); P[T,T] its
+// probabilities. The same bits as attention_backward's for that head.
+void attention_head_backward(float* dq, float* scratch, const float* dy, int ldy, const float* q, const float* P,
+                             int T, int C, int hd);
 // dqkv[N,T,3C] = ; scratch[attention_scratch_floats(T, C/NH)]. O(T²·hd) per head.
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att_probs,
                         int N, int T, int C, int NH);

@@ -74,6 +74,22 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   Native::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, R, C);
 }
 
+void layernorm_backward_params(float* dweight, float* dbias, const float* dout, const float* inp, const float* mean,
+                               const float* rstd, int R, int C, int c0, int c1) {
+  // The arithmetic of layernorm_backward's updates, element by element (no contraction into
+  // FMAs in this build: -std=c++20), so that its vector and scalar columns give these bits.
+  for (int r = 0; r < R; ++r) {
+    const float* d = dout + (size_t)r * C;
+    const float* x = inp + (size_t)r * C;
+    const float m = mean[r], s = rstd[r];
+    for (int c = c0; c < c1; ++c) {
+      const float norm = (x[c] - m) * s;
+      dbias[c] += d[c];
+      dweight[c] += norm * d[c];
+    }
+  }
+}
+
 void gelu_forward(float* out, const float* inp, size_t n, uint16_t* out16) { Native::gelu_forward(out, inp, n, out16); }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {

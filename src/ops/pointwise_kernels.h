@@ -99,15 +99,19 @@ struct PointwiseKernels : Vec<W> {
         const vf dv = loadv(d + c);
         const vf norm = (loadv(x + c) - m) * s;
         const vf dnorm = dv * loadv(weight + c);
-        storev(dbias + c, loadv(dbias + c) + dv);
-        storev(dweight + c, loadv(dweight + c) + norm * dv);
+        if (dweight) {
+          storev(dbias + c, loadv(dbias + c) + dv);
+          storev(dweight + c, loadv(dweight + c) + norm * dv);
+        }
         storev(dx + c, loadv(dx + c) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
       }
       for (; c < C; ++c) {
         const float norm = (x[c] - m) * s;
         const float dnorm = d[c] * weight[c];
-        dbias[c] += d[c];
-        dweight[c] += norm * d[c];
+        if (dweight) {
+          dbias[c] += d[c];
+          dweight[c] += norm * d[c];
+        }
         dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
       }
     }

@@ -72,7 +72,7 @@ const float* KVCacheModel::prefill(const int32_t* tokens, int n) {
       throw std::invalid_argument("KVCacheModel::prefill: token id " + std::to_string(tokens[i]) + " out of range");
   len_ = 0;
   if (n == 1) return step(tokens[0]);
-  prefill_window(tokens, n);
+  pool_.arena->execute([&] { prefill_window(tokens, n); });  // gpt_forward's blocks on this arena's threads
   len_ = n;
   return logits_.data();
 }
@@ -172,12 +172,12 @@ void KVCacheModel::step_in_arena(int32_t token) {
 // UncachedModel
 
 UncachedModel::UncachedModel(Backend& be, const Config& cfg, const float* params)
-    : cfg_(cfg), P_(param_views(cfg, params)), be_(be), acts_(cfg, 1) {
+    : cfg_(cfg), P_(param_views(cfg, params)), be_(be), acts_(cfg, 1), pool_(1) {
   cfg_.validate();
 }
 
 const float* UncachedModel::forward(const int32_t* tokens, int n) {
-  gpt_forward(be_, cfg_, P_, acts_, tokens, nullptr, 1, n);
+  pool_.arena->execute([&] { gpt_forward(be_, cfg_, P_, acts_, tokens, nullptr, 1, n); });
   return acts_.probs + (size_t)(n - 1) * cfg_.vocab_size;
 }
 

@@ -21,7 +21,7 @@ namespace chargpt {
 // matrix) and over heads; the blocks depend only on the model's shape, each
 // output value is computed by one task in a fixed order and nothing is reduced
 // across tasks, so logits are bit-identical for every thread count. A prefill
-// is gpt_forward on the calling thread.
+// is gpt_forward in the same arena.
 class KVCacheModel {
  public:
   // params: num_params(cfg) floats, not copied; must outlive this object. threads 0 = all.
@@ -33,7 +33,7 @@ class KVCacheModel {
   // Drops the cache and runs the window tokens[0..n) (1 <= n <= block_size) at
   // positions 0..n-1, filling the cache. Returns the logits of the last
   // position [V] (valid until the next call). n == 1 is a step from empty; a
-  // longer window runs gpt_forward (N = 1, on the calling thread) and keeps its k/v.
+  // longer window runs gpt_forward (N = 1, in this model's arena) and keeps its k/v.
   const float* prefill(const int32_t* tokens, int n);
   // Runs one more position (length() < block_size required), appending its k/v.
   const float* step(int32_t token);
@@ -72,6 +72,7 @@ class UncachedModel {
   ConstParamViews P_;
   Backend& be_;
   Activations acts_;
+  ThreadPool pool_;  // one thread: the baseline's gpt_forward runs its blocks on it alone
 };
 
 }  // namespace chargpt

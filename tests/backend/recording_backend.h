@@ -26,6 +26,7 @@ struct RecordingBackend final : Backend {
   explicit RecordingBackend(std::unique_ptr<Backend> be = make_backend()) : inner(std::move(be)) {}
   std::string name() const override { return "recording " + inner->name(); }
   bool wants_bf16_inputs() const override { return inner->wants_bf16_inputs(); }
+  bool splits_products() const override { return inner->splits_products(); }
   void bind_weights(const WeightTable& t) override {
     table = t;
     covered.assign(t.floats, 0);

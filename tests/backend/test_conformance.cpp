@@ -1,7 +1,7 @@
 // Backend conformance (after ggml's test-backend-ops): every backend this build
 // and machine can run goes through the same product cases against a
 // double-precision reference: forward with and without bias; backward with and
-// without bias, dinp and accumulate (outputs that are written start as NaN);
+// without bias, dinp and accumulate (outputs that are written start as NaN), dinp alone (null dweight);
 // odd shapes, R = 1, IC = 1, OC = 1 and the model's own; the KV step's matvec
 // (any split of the rows gives the same bits); a bf16 copy of the input changes
 // no bit; weights_changed is honoured. A backend that cannot run here is
@@ -148,6 +148,22 @@ void check_shape(Backend& be, Precision prec, Shape s, uint64_t seed) {
         CHECK(same_bits(db2, db));
         if (want_dinp) CHECK(same_bits(dinp2, dinp));
       }
+
+  // dweight null: dinp alone (the model's blocks of rows), the bits of the call that also
+  // computes dweight; the dbias given is not touched.
+  {
+    VF dinp_all((size_t)R * IC, NAN), dw(w.size(), NAN), db(OC, NAN);
+    be.linear_backward(dinp_all.data(), dw.data(), db.data(), dout.data(), {inp.data()}, blk.w(), R, IC, OC, false);
+    VF dinp_only((size_t)R * IC, NAN), db_only = randn(rng, OC);
+    const VF db_keep = db_only;
+    be.linear_backward(dinp_only.data(), nullptr, db_only.data(), dout.data(), {inp.data()}, blk.w(), R, IC, OC,
+                       false);
+    CHECK(same_bits(dinp_only, dinp_all));
+    CHECK(same_bits(db_only, db_keep));
+    // Nothing asked (null dinp and dweight): nothing written.
+    be.linear_backward(nullptr, nullptr, db_only.data(), dout.data(), {inp.data()}, blk.w(), R, IC, OC, true);
+    CHECK(same_bits(db_only, db_keep));
+  }
 
   // weights_changed is honoured: weight and bias doubled (exact in every precision)
   // double the output exactly.

@@ -339,6 +339,73 @@ TEST_CASE("op: attention backward matches reference (dqkv =)") {
   }
 }
 
+// The model runs attention one (sequence, head) per task: those calls, with their scratch full
+// of NaN, give attention_backward's bits.
+TEST_CASE("op: attention_head_backward on every head gives attention_backward's bits") {
+  for (const AttShape& s : kAttShapes) {
+    CAPTURE(s.N);
+    CAPTURE(s.T);
+    CAPTURE(s.C);
+    CAPTURE(s.NH);
+    const int hd = s.C / s.NH;
+    Rng rng(403);
+    const VF qkv = randn(rng, (size_t)s.N * s.T * 3 * s.C, 1.5);
+    const VF dout = randn(rng, (size_t)s.N * s.T * s.C);
+    VF out((size_t)s.N * s.T * s.C), probs((size_t)s.N * s.NH * s.T * s.T);
+    VF scratch = nans(attention_scratch_floats(s.T, hd));
+    attention_forward(out.data(), probs.data(), scratch.data(), qkv.data(), s.N, s.T, s.C, s.NH);
+    VF whole = nans(qkv.size()), heads = nans(qkv.size());
+    attention_backward(whole.data(), scratch.data(), dout.data(), qkv.data(), probs.data(), s.N, s.T, s.C, s.NH);
+    for (int n = 0; n < s.N; ++n)
+      for (int h = 0; h < s.NH; ++h) {
+        VF head_scratch = nans(attention_scratch_floats(s.T, hd));
+        const size_t at = (size_t)n * s.T * 3 * s.C + h * hd;
+        attention_head_backward(heads.data() + at, head_scratch.data(), dout.data() + (size_t)n * s.T * s.C + h * hd,
+                                s.C, qkv.data() + at, probs.data() + ((size_t)n * s.NH + h) * s.T * s.T, s.T, s.C, hd);
+      }
+    CHECK(bit_equal(heads.data(), whole.data(), whole.size()));
+  }
+}
+
+// The model's LayerNorm backward in parts: dinp alone (null dweight) over blocks of rows, and
+// dweight, dbias over blocks of columns: the fused call's bits, for any cuts.
+TEST_CASE("op: layernorm backward in parts (dinp by rows, dweight and dbias by columns) gives the fused bits") {
+  struct Shape {
+    int R, C;
+  };
+  for (Shape s : {Shape{7, 12}, Shape{130, 100}, Shape{64, 384}}) {
+    CAPTURE(s.R);
+    CAPTURE(s.C);
+    const int R = s.R, C = s.C;
+    Rng rng(204);
+    const VF inp = randn(rng, (size_t)R * C, 1.7, 0.6);
+    const VF w = randn(rng, C, 0.3, 1.0), b = randn(rng, C, 0.5);
+    const VF dout = randn(rng, (size_t)R * C);
+    VF out((size_t)R * C), mean(R), rstd(R);
+    layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), R, C);
+    const VF dinp0 = randn(rng, (size_t)R * C), dw0 = randn(rng, C), db0 = randn(rng, C);  // all +=
+    VF dinp = dinp0, dw = dw0, db = db0;
+    layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), mean.data(),
+                       rstd.data(), R, C);
+    VF pdinp = dinp0, pdw = dw0, pdb = db0;
+    const int row_cuts[] = {0, 1, R / 3, R / 2 + 1, R};
+    for (int k = 0; k + 1 < 5; ++k) {
+      const int r0 = row_cuts[k], r1 = row_cuts[k + 1];
+      const size_t off = (size_t)r0 * C;
+      layernorm_backward(pdinp.data() + off, nullptr, nullptr, dout.data() + off, inp.data() + off, w.data(),
+                         mean.data() + r0, rstd.data() + r0, r1 - r0, C);
+    }
+    const int col_cuts[] = {0, 3, C / 2, C - 1, C};
+    for (int k = 0; k + 1 < 5; ++k)
+      layernorm_backward_params(pdw.data(), pdb.data(), dout.data(), inp.data(), mean.data(), rstd.data(), R, C,
+                                col_cuts[k], col_cuts[k + 1]);
+    CHECK(bit_equal(pdinp.data(), dinp.data(), dinp.size()));
+    CHECK(bit_equal(pdw.data(), dw.data(), C));
+    CHECK(bit_equal(pdb.data(), db.data(), C));
+    CHECK(!bit_equal(pdw.data(), dw0.data(), C));  // the sums did run
+  }
+}
+
 // The decode runs the forward's kernels on one row. Where the forward computes its last row with the
 // 1-row kernels too (n not a multiple of their 4-row blocks) the bits are the same; in a 4-row block
 // GCC fuses other multiply-adds (FMA contraction), so there they agree to rounding.
