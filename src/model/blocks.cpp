@@ -76,11 +76,17 @@ void linear_backward(Backend& be, float* dinp, float* dweight, float* dbias, con
   const Blocks rows(R, kRows, 16), feats(OC, kFeatures, 16);
   if (!be.splits_products() || (rows.count <= 1 && feats.count <= 1))
     return be.linear_backward(dinp, dweight, dbias, dout, inp, weight, R, IC, OC, accumulate);
-  // Blocks [0, feats.count): dweight and dbias for a block of output features, each
-  // element's sum over all R rows in one call; then dinp in blocks of rows.
-  for_blocks(feats.count + (dinp ? rows.count : 0), [&](int k) {
-    if (k < feats.count) {
-      const int o0 = feats.begin(k), ob = feats.end(k) - o0;
+  // dinp in blocks of rows first (the larger tasks first, so that the smaller ones even out
+  // the end), then dweight and dbias in blocks of output features, each element's sum over
+  // all R rows in one call.
+  const int nr = dinp ? rows.count : 0;
+  for_blocks(nr + feats.count, [&](int k) {
+    if (k < nr) {
+      const int r0 = rows.begin(k), r1 = rows.end(k);
+      be.linear_backward(dinp + (size_t)r0 * IC, nullptr, nullptr, dout + (size_t)r0 * OC, rows_from(inp, r0, IC),
+                         weight, r1 - r0, IC, OC, accumulate);
+    } else {
+      const int o0 = feats.begin(k - nr), ob = feats.end(k - nr) - o0;
       const float* d = dout;
       if (feats.count > 1) {  // dout's columns [o0, o0+ob), contiguous: the interface has no row stride
         float* cols = scratch(kDoutColumns, (size_t)R * ob);
@@ -90,10 +96,6 @@ void linear_backward(Backend& be, float* dinp, float* dweight, float* dbias, con
       }
       be.linear_backward(nullptr, dweight + (size_t)o0 * IC, dbias ? dbias + o0 : nullptr, d, inp, weight, R, IC,
                          ob, accumulate);
-    } else {
-      const int r0 = rows.begin(k - feats.count), r1 = rows.end(k - feats.count);
-      be.linear_backward(dinp + (size_t)r0 * IC, nullptr, nullptr, dout + (size_t)r0 * OC, rows_from(inp, r0, IC),
-                         weight, r1 - r0, IC, OC, accumulate);
     }
   });
 }
