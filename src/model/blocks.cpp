@@ -13,9 +13,9 @@
 
 namespace chargpt::par {
 
-Blocks::Blocks(int n_, int target, int align) : n(n_) {
+Blocks::Blocks(int n_, int min_size, int max_count, int align) : n(n_) {
   if (n <= 0) return;
-  const int want = (n + target - 1) / target;  // blocks of at most `target`
+  const int want = std::clamp(n / min_size, 1, max_count);
   size = ((n + want - 1) / want + align - 1) / align * align;
   count = (n + size - 1) / size;
 }
@@ -41,7 +41,7 @@ void for_blocks(int n, const F& f) {
 // f(r0, r1) for the blocks of R rows.
 template <class F>
 void for_row_blocks(int R, const F& f) {
-  const Blocks b(R, kRows, 16);
+  const Blocks b(R);
   for_blocks(b.count, [&](int k) { f(b.begin(k), b.end(k)); });
 }
 
@@ -63,7 +63,7 @@ LinearInput rows_from(LinearInput in, int r0, int IC) {
 }  // namespace
 
 void linear_forward(Backend& be, float* out, LinearInput inp, Weight weight, Weight bias, int R, int IC, int OC) {
-  const Blocks rows(R, kRows, 16);
+  const Blocks rows(R);
   if (!be.splits_products() || rows.count <= 1) return be.linear_forward(out, inp, weight, bias, R, IC, OC);
   for_blocks(rows.count, [&](int k) {
     const int r0 = rows.begin(k), r1 = rows.end(k);
@@ -73,7 +73,7 @@ void linear_forward(Backend& be, float* out, LinearInput inp, Weight weight, Wei
 
 void linear_backward(Backend& be, float* dinp, float* dweight, float* dbias, const float* dout, LinearInput inp,
                      Weight weight, int R, int IC, int OC, bool accumulate) {
-  const Blocks rows(R, kRows, 16), feats(OC, kFeatures, 16);
+  const Blocks rows(R), feats(OC);
   if (!be.splits_products() || (rows.count <= 1 && feats.count <= 1))
     return be.linear_backward(dinp, dweight, dbias, dout, inp, weight, R, IC, OC, accumulate);
   // dinp in blocks of rows first (the larger tasks first, so that the smaller ones even out
@@ -118,7 +118,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int R, int C) {
-  const Blocks rows(R, kRows, 16), cols(C, kFeatures, 16);
+  const Blocks rows(R), cols(C);
   for_blocks(cols.count + rows.count, [&](int k) {
     if (k < cols.count) {
       layernorm_backward_params(dweight, dbias, dout, inp, mean, rstd, R, C, cols.begin(k), cols.end(k));

@@ -14,19 +14,20 @@
 
 namespace chargpt::par {
 
-// Block sizes: products and per-row ops in blocks of about kRows rows, weight gradients
-// in blocks of about kFeatures output features; both rounded to multiples of 16. Each block
-// of a product repacks the operand the blocks share (the weight, or the input for the weight
-// gradient): with OpenBLAS, blocks of 64 cost ~10% more than the whole product on one thread,
-// blocks of 128 a few percent.
-inline constexpr int kRows = 128;
-inline constexpr int kFeatures = 128;
+// How a dimension of n rows or output features splits: into n / kMinBlock blocks (so none
+// is smaller than kMinBlock), at most kMaxBlocks, in multiples of 16. Each block of a product
+// repacks the operand the blocks share (the weight, or the input for the weight gradient):
+// with OpenBLAS on one thread, blocks of 64 rows cost ~10% more than the whole product,
+// blocks of 128 ~4%, blocks of 256 of a 1024-row shard ~3%. Shapes alone decide.
+inline constexpr int kMinBlock = 128;
+inline constexpr int kMaxBlocks = 4;
 
 // [begin(k), end(k)) for k < count: n items in count blocks of `size` (the last may be
-// shorter), with size near `target` and a multiple of `align`. Only n, target, align decide.
+// shorter), size a multiple of `align`.
 struct Blocks {
   int n = 0, size = 1, count = 0;
-  Blocks(int n, int target, int align);
+  Blocks(int n, int min_size, int max_count, int align);
+  explicit Blocks(int n) : Blocks(n, kMinBlock, kMaxBlocks, 16) {}
   int begin(int k) const { return k * size; }
   int end(int k) const { return k + 1 < count ? (k + 1) * size : n; }
 };
