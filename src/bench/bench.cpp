@@ -20,6 +20,7 @@
 #include "backend/backend.h"
 #include "backend/device_backend.h"
 #include "engine/memory.h"
+#include "model/blocks.h"
 #include "ops/ops.h"
 #include "base/rng.h"
 #include "train/train.h"
@@ -288,7 +289,7 @@ BenchResult run_bench(const BenchOptions& opt_in, const std::vector<int32_t>& tr
         res.n_shards = engines[k]->n_shards();
         res.shard_size = engines[k]->shard_size();
         res.pass_size = engines[k]->pass_size();
-        res.blocks = std::max(1, (res.pass_size * cfg.block_size + kBlockRows - 1) / kBlockRows);
+        res.blocks = par::Blocks(res.pass_size * cfg.block_size).count;
       }
       Engine& e = *engines[k];
       if (round == 0)

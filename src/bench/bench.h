@@ -133,7 +133,7 @@ struct BenchResult {
   std::string data_path;
   int hardware_threads = 0;
   int n_shards = 0, shard_size = 0, pass_size = 0;
-  int blocks = 1;  // parallel tasks per pass (kBlockRows-row blocks)
+  int blocks = 1;  // parallel tasks per pass: the row blocks of model/blocks.h (par::Blocks)
   size_t n_params = 0;
   double flops_per_step = 0;
   std::vector<BenchRow> rows;
@@ -152,10 +152,6 @@ BenchResult run_bench(const BenchOptions& opt, const std::vector<int32_t>& train
 // Fits Amdahl from the rows (base = smallest count, n = largest count that is
 // not oversubscribed) and predicts 8, 16 and 64 threads.
 AmdahlFit fit_amdahl(const std::vector<BenchRow>& rows, int n_shards, int blocks = 1);
-
-// Rows per parallel task inside a pass: model/ splits its row-wise work
-// (products' rows, LayerNorm, GELU, attention's rows) into blocks of this many rows.
-inline constexpr int kBlockRows = 64;
 
 // The engine's memory (estimate_train_bytes, one process) for a named shape at each thread count.
 struct MemoryRow {

@@ -319,7 +319,7 @@ void print_bench_table(const BenchResult& r, std::ostream& out) {
   for (size_t i = 0; i < a.predict_at.size(); ++i)
     out << (i ? "," : "") << " " << a.predict_at[i] << " cores " << fmt("%.1fx", a.predicted[i]);
   out << "\n  same, phases fitted apart and fwd+bwd in rounds of min(n, " << m.n_shards << ") shards, each pass in "
-      << m.blocks << " tasks of " << kBlockRows << " rows (at most " << m.n_shards * m.blocks << "-way):";
+      << m.blocks << " row blocks (at most " << m.n_shards * m.blocks << "-way):";
   for (size_t i = 0; i < a.predict_at.size(); ++i)
     out << (i ? "," : "") << " " << a.predict_at[i] << " cores " << fmt("%.1fx", a.predicted_phase_model[i]);
   out << "\n  " << a.note
