@@ -93,12 +93,16 @@ Engine::Engine(const Config& cfg, const EngineOptions& opt, std::unique_ptr<Back
   grad_.resize(P);
   param_view_ = param_views(cfg_, params_.data());
   backend_->bind_weights(weight_table(cfg_, params_.data()));
-  slot_grads_.resize(part_.group);
+  // One process whose shards all fit in one round: slot 0 (shard 0) is the gradient itself,
+  // since the fold's first term is a copy; it saves a buffer and a pass over it.
+  const bool slot0_is_grad = comm_.size() == 1 && part_.rounds == 1;
+  slot_grads_.resize(part_.group - (slot0_is_grad ? 1 : 0));
+  if (slot0_is_grad) slot_grad_ptrs_.push_back(grad_.data());
   for (auto& g : slot_grads_) {
     g.resize(P);
     slot_grad_ptrs_.push_back(g.data());
-    slot_grad_views_.push_back(param_views(cfg_, g.data()));
   }
+  for (float* g : slot_grad_ptrs_) slot_grad_views_.push_back(param_views(cfg_, g));
   for (size_t j = 0; j < part_.group; ++j) acts_.emplace_back(cfg_, pass_size_);
   shard_loss_.resize(n_shards_);
   inputs_.resize((size_t)batch_size_ * cfg_.block_size);
@@ -146,6 +150,7 @@ double Engine::gradient(StepTiming* timing) {
       float* dst = grad_.data() + b;
       for (size_t r = 0; r < from_.size(); ++r) {
         const float* src = from_[r] + (b - fb);
+        if (src == dst) continue;  // shard 0 written in place (slot0_is_grad)
         if (round[0] + r == 0)
           for (size_t x = 0; x < n; ++x) dst[x] = src[x];
         else

@@ -29,7 +29,10 @@ double estimate_train_bytes(const Config& cfg, int batch_size, int shard_size, i
   const double wanted = in_flight > 0 ? in_flight : threads > 0 ? threads : tbb::info::default_concurrency();
   const double slots = std::max(1.0, std::min(n_shards, wanted));
   const double batch_bytes = 8.0 * batch_size * T * (1.0 + eval_iters);  // inputs and targets, int32
-  return 4 * P * (4 + slots) + slots * estimate_activation_bytes(cfg, pass) + batch_bytes;
+  // Weights, two moments, the gradient and a buffer per slot, but shard 0's slot is the gradient
+  // itself when every shard fits in one round (the engine's slot0_is_grad; one process).
+  const double buffers = slots >= n_shards ? 3 + slots : 4 + slots;
+  return 4 * P * buffers + slots * estimate_activation_bytes(cfg, pass) + batch_bytes;
 }
 
 // The lowest of physical memory, the cgroup's limit and the address-space limit
