@@ -125,16 +125,22 @@ class OneDnnBackend final : public Backend {
     packs_.clear();
     packs_.resize(n);
     stale_ = std::make_unique<std::atomic<uint64_t>[]>(n);
+    changed_ = std::make_unique<std::atomic<uint64_t>[]>(n);
     for (size_t t = 0; t < n; ++t) stale_[t].store(1, std::memory_order_relaxed);
   }
   void weights_changed(size_t begin, size_t end) override {
     if (!table_.block || begin > end || end > table_.floats)
       throw std::logic_error("onednn backend: weights_changed out of range");
     if (bf16()) to_bf16(wb_.data() + begin, table_.block + begin, end - begin);
-    // Every tensor the range touches is repacked at its next use.
+    // Every tensor the range touches is repacked at its next use, or here, by the call that
+    // completes a whole tensor's update: the AdamW chunk loop then packs the tensors in
+    // parallel, instead of the step's first products packing them while other threads wait.
     for (size_t t = 0; t < table_.tensors.size(); ++t) {
       const TensorSlot& s = table_.tensors[t];
-      if (s.offset < end && begin < s.offset + s.numel) stale_[t].fetch_add(1, std::memory_order_acq_rel);
+      if (!(s.offset < end && begin < s.offset + s.numel)) continue;
+      stale_[t].fetch_add(1, std::memory_order_acq_rel);
+      const uint64_t overlap = std::min(end, s.offset + s.numel) - std::max(begin, s.offset);
+      if ((changed_[t].fetch_add(overlap, std::memory_order_acq_rel) + overlap) % s.numel == 0) repack(t);
     }
   }
 
@@ -245,17 +251,32 @@ class OneDnnBackend final : public Backend {
         pk->plain = p.b_plain, pk->packed = p.b, pk->mem = memory(p.b, eng_);
       }
     }
-    const uint64_t version = stale_[(size_t)w.tensor].load(std::memory_order_acquire);
-    if (pk->version.load(std::memory_order_acquire) != version) {
-      std::lock_guard<std::mutex> g(pk->m);
-      if (pk->version.load(std::memory_order_relaxed) != version) {
-        memory src(pk->plain, eng_, const_cast<void*>(plain));
-        dnnl::reorder(src, pk->mem).execute(L.strm, src, pk->mem);
-        L.strm.wait();
-        pk->version.store(version, std::memory_order_release);
-      }
-    }
+    pack(L, *pk, plain, stale_[(size_t)w.tensor].load(std::memory_order_acquire));
     return pk->mem.get_data_handle();
+  }
+
+  // Tensor t's every packed layout made so far, packed again from its current floats.
+  void repack(size_t t) {
+    std::vector<Packed*> layouts;
+    {
+      std::lock_guard<std::mutex> g(packs_mu_);
+      for (auto& e : packs_[t]) layouts.push_back(e.get());
+    }
+    if (layouts.empty()) return;
+    const size_t off = table_.tensors[t].offset;
+    const void* plain = bf16() ? (const void*)(wb_.data() + off) : (const void*)(table_.block + off);
+    Local& L = locals_.local();
+    for (Packed* pk : layouts) pack(L, *pk, plain, stale_[t].load(std::memory_order_acquire));
+  }
+  // pk packed from `plain` at tensor version `version`, unless it already is.
+  void pack(Local& L, Packed& pk, const void* plain, uint64_t version) {
+    if (pk.version.load(std::memory_order_acquire) == version) return;
+    std::lock_guard<std::mutex> g(pk.m);
+    if (pk.version.load(std::memory_order_relaxed) == version) return;
+    memory src(pk.plain, eng_, const_cast<void*>(plain));
+    dnnl::reorder(src, pk.mem).execute(L.strm, src, pk.mem);
+    L.strm.wait();
+    pk.version.store(version, std::memory_order_release);
   }
 
   // The bf16 activation input: the model's copy, or n floats rounded into buf.
@@ -315,6 +336,7 @@ class OneDnnBackend final : public Backend {
   std::mutex packs_mu_;        // guards the lists in packs_ (not the packed bytes)
   std::vector<std::vector<std::unique_ptr<Packed>>> packs_;  // per tensor: its packed layouts
   std::unique_ptr<std::atomic<uint64_t>[]> stale_;          // per tensor: counts its changes, from 1
+  std::unique_ptr<std::atomic<uint64_t>[]> changed_;        // per tensor: floats reported changed
 };
 
 std::unique_ptr<Backend> make_onednn(const BackendOptions& opt) { return std::make_unique<OneDnnBackend>(opt.precision); }
