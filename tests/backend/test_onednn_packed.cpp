@@ -2,11 +2,13 @@
 // oneDNN's layout once after each write and reused by every product until the next.
 // Checked here: the packed products give the bits of the per-call packing (fp32, where
 // a weight outside any table is still read per call), a write reported by
-// weights_changed (even over part of a tensor) reaches the next product, and workers
+// weights_changed (even over part of a tensor, or in chunks from several threads, where the
+// call completing a tensor repacks it) reaches the next product, and workers
 // that find a weight stale at once all get the same bits. A case that needs bf16
 // kernels this CPU lacks is skipped (CHARGPT_SKIP).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -144,7 +146,47 @@ void check_concurrent_repack(Precision p) {
   }
 }
 
+// The update reported in chunks from several threads at once, as the AdamW chunk loop does:
+// the call that completes a tensor repacks it there, and the next products read the new weights.
+void check_chunked_update(Precision p) {
+  auto be = backend_or_skip(p);
+  if (!be) return;
+  Rng rng(13);
+  const Shape s{128, 384, 1152};
+  Block blk(rng, (size_t)s.OC * s.IC, 40);
+  const VF inp = randn(rng, (size_t)s.R * s.IC), dout = randn(rng, (size_t)s.R * s.OC);
+  be->bind_weights(blk.table());
+  be->weights_changed(0, blk.p.size());
+  const Outputs first = products(*be, blk.w(), inp, dout, s);  // makes the layouts
+  tbb::global_control threads(tbb::global_control::max_allowed_parallelism, 4);
+  for (int step = 0; step < 3; ++step) {
+    constexpr size_t kChunk = 16384;
+    const size_t chunks = (blk.p.size() + kChunk - 1) / kChunk;
+    tbb::parallel_for(size_t(0), chunks, [&](size_t c) {
+      const size_t b = c * kChunk, e = std::min(blk.p.size(), b + kChunk);
+      for (size_t i = b; i < e; ++i) blk.p[i] = 0.9f * blk.p[i] + 0.01f;
+      be->weights_changed(b, e);
+    });
+    const Outputs got = products(*be, blk.w(), inp, dout, s);
+    auto fresh = backend_or_skip(p);
+    fresh->bind_weights(blk.table());
+    fresh->weights_changed(0, blk.p.size());
+    const Outputs want = products(*fresh, blk.w(), inp, dout, s);
+    CHECK(!same_bits(got.out, first.out));
+    CHECK(same_bits(got.out, want.out));
+    CHECK(same_bits(got.dinp, want.dinp));
+    CHECK(same_bits(got.dw, want.dw));
+  }
+}
+
 }  // namespace
+
+TEST_CASE("onednn packed weights: an update reported in chunks by several threads reaches the next product (fp32)") {
+  check_chunked_update(Precision::fp32);
+}
+TEST_CASE("onednn packed weights: an update reported in chunks by several threads reaches the next product (bf16)") {
+  check_chunked_update(Precision::bf16);
+}
 
 TEST_CASE("onednn packed weights: a write reported over part of a tensor reaches the next product (fp32)") {
   check_partial_write(Precision::fp32);
