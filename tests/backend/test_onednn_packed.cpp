@@ -64,6 +64,14 @@ Outputs products(Backend& be, Weight w, const VF& inp, const VF& dout, Shape s) 
   return o;
 }
 
+// The products of a new backend bound to blk's current weights (nothing packed before).
+Outputs fresh_products(Precision p, const Block& blk, const VF& inp, const VF& dout, Shape s) {
+  auto fresh = make_backend({BackendKind::onednn, p, false});
+  fresh->bind_weights(blk.table());
+  fresh->weights_changed(0, blk.p.size());
+  return products(*fresh, blk.w(), inp, dout, s);
+}
+
 }  // namespace
 
 TEST_CASE("onednn packed weights: fp32 products give the bits of per-call packing") {
@@ -108,10 +116,7 @@ void check_partial_write(Precision p) {
     for (size_t i = b; i < e; ++i) blk.p[i] = -2.f * blk.p[i];
     be->weights_changed(b, e);
     const Outputs after = products(*be, blk.w(), inp, dout, s);
-    auto fresh = backend_or_skip(p);
-    fresh->bind_weights(blk.table());
-    fresh->weights_changed(0, blk.p.size());
-    const Outputs want = products(*fresh, blk.w(), inp, dout, s);
+    const Outputs want = fresh_products(p, blk, inp, dout, s);
     CHECK(!same_bits(after.out, before.out));
     CHECK(same_bits(after.out, want.out));
     CHECK(same_bits(after.dinp, want.dinp));
@@ -134,10 +139,7 @@ void check_concurrent_repack(Precision p) {
       be->weights_changed(0, blk.p.size());
       std::vector<Outputs> got(8);
       tbb::parallel_for(0, 8, [&](int i) { got[i] = products(*be, blk.w(), inp, dout, s); });
-      auto fresh = backend_or_skip(p);
-      fresh->bind_weights(blk.table());
-      fresh->weights_changed(0, blk.p.size());
-      const Outputs want = products(*fresh, blk.w(), inp, dout, s);
+      const Outputs want = fresh_products(p, blk, inp, dout, s);
       for (const Outputs& o : got) {
         CHECK(same_bits(o.out, want.out));
         CHECK(same_bits(o.dinp, want.dinp));
@@ -168,10 +170,7 @@ void check_chunked_update(Precision p) {
       be->weights_changed(b, e);
     });
     const Outputs got = products(*be, blk.w(), inp, dout, s);
-    auto fresh = backend_or_skip(p);
-    fresh->bind_weights(blk.table());
-    fresh->weights_changed(0, blk.p.size());
-    const Outputs want = products(*fresh, blk.w(), inp, dout, s);
+    const Outputs want = fresh_products(p, blk, inp, dout, s);
     CHECK(!same_bits(got.out, first.out));
     CHECK(same_bits(got.out, want.out));
     CHECK(same_bits(got.dinp, want.dinp));
