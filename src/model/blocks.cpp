@@ -45,6 +45,12 @@ void for_row_blocks(int R, const F& f) {
   for_blocks(b.count, [&](int k) { f(b.begin(k), b.end(k)); });
 }
 
+// f(off, n) for the blocks of R rows of C values, as flat spans: the elementwise ops.
+template <class F>
+void for_row_spans(int R, int C, const F& f) {
+  for_row_blocks(R, [&](int r0, int r1) { f((size_t)r0 * C, (size_t)(r1 - r0) * C); });
+}
+
 // This thread's scratch for one use (slot), of at least n floats. A block's task
 // starts no parallel work, so no two tasks on a thread hold a slot at once.
 enum Slot { kAttention, kDoutColumns, kSlots };
@@ -153,31 +159,21 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 }
 
 void gelu_forward(float* out, const float* inp, int R, int C, uint16_t* out16) {
-  for_row_blocks(R, [&](int r0, int r1) {
-    const size_t off = (size_t)r0 * C;
-    chargpt::gelu_forward(out + off, inp + off, (size_t)(r1 - r0) * C, out16 ? out16 + off : nullptr);
+  for_row_spans(R, C, [&](size_t off, size_t n) {
+    chargpt::gelu_forward(out + off, inp + off, n, out16 ? out16 + off : nullptr);
   });
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int R, int C) {
-  for_row_blocks(R, [&](int r0, int r1) {
-    const size_t off = (size_t)r0 * C;
-    chargpt::gelu_backward(dinp + off, inp + off, dout + off, (size_t)(r1 - r0) * C);
-  });
+  for_row_spans(R, C, [&](size_t off, size_t n) { chargpt::gelu_backward(dinp + off, inp + off, dout + off, n); });
 }
 
 void residual_forward(float* out, const float* a, const float* b, int R, int C) {
-  for_row_blocks(R, [&](int r0, int r1) {
-    const size_t off = (size_t)r0 * C;
-    chargpt::residual_forward(out + off, a + off, b + off, (size_t)(r1 - r0) * C);
-  });
+  for_row_spans(R, C, [&](size_t off, size_t n) { chargpt::residual_forward(out + off, a + off, b + off, n); });
 }
 
 void to_bf16(uint16_t* dst, const float* src, int R, int C) {
-  for_row_blocks(R, [&](int r0, int r1) {
-    const size_t off = (size_t)r0 * C;
-    chargpt::to_bf16(dst + off, src + off, (size_t)(r1 - r0) * C);
-  });
+  for_row_spans(R, C, [&](size_t off, size_t n) { chargpt::to_bf16(dst + off, src + off, n); });
 }
 
 void softmax_crossentropy_forward(float* losses, float* probs, const float* logits, const int32_t* targets, int R,
