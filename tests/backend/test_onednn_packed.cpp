@@ -64,12 +64,32 @@ Outputs products(Backend& be, Weight w, const VF& inp, const VF& dout, Shape s) 
   return o;
 }
 
-// The products of a new backend bound to blk's current weights (nothing packed before).
-Outputs fresh_products(Precision p, const Block& blk, const VF& inp, const VF& dout, Shape s) {
-  auto fresh = make_backend({BackendKind::onednn, p, false});
-  fresh->bind_weights(blk.table());
-  fresh->weights_changed(0, blk.p.size());
-  return products(*fresh, blk.w(), inp, dout, s);
+// One product shape with its weight block and random activations.
+struct Case {
+  Shape s;
+  Block blk;
+  VF inp, dout;
+  Case(Rng& rng, Shape s_, size_t pad)
+      : s(s_), blk(rng, (size_t)s_.OC * s_.IC, pad), inp(randn(rng, (size_t)s_.R * s_.IC)),
+        dout(randn(rng, (size_t)s_.R * s_.OC)) {}
+  // be bound to the block, every float reported written.
+  void bind(Backend& be) const {
+    be.bind_weights(blk.table());
+    be.weights_changed(0, blk.p.size());
+  }
+  Outputs run(Backend& be) const { return products(be, blk.w(), inp, dout, s); }
+  // The products of a new backend bound to the block's current weights (nothing packed before).
+  Outputs fresh(Precision p) const {
+    auto be = make_backend({BackendKind::onednn, p, false});
+    bind(*be);
+    return run(*be);
+  }
+};
+
+void check_same_bits(const Outputs& got, const Outputs& want) {
+  CHECK(same_bits(got.out, want.out));
+  CHECK(same_bits(got.dinp, want.dinp));
+  CHECK(same_bits(got.dw, want.dw));
 }
 
 }  // namespace
@@ -82,15 +102,11 @@ TEST_CASE("onednn packed weights: fp32 products give the bits of per-call packin
     CAPTURE(s.R);
     CAPTURE(s.IC);
     CAPTURE(s.OC);
-    Block blk(rng, (size_t)s.OC * s.IC, 64);
-    const VF inp = randn(rng, (size_t)s.R * s.IC), dout = randn(rng, (size_t)s.R * s.OC);
-    be->bind_weights(blk.table());
-    be->weights_changed(0, blk.p.size());
-    const Outputs packed = products(*be, blk.w(), inp, dout, s);
-    const Outputs per_call = products(*be, {blk.w().data, -1}, inp, dout, s);  // in no table: not packed
-    CHECK(same_bits(packed.out, per_call.out));
-    CHECK(same_bits(packed.dinp, per_call.dinp));
-    CHECK(same_bits(packed.dw, per_call.dw));
+    const Case c(rng, s, 64);
+    c.bind(*be);
+    const Outputs packed = c.run(*be);
+    const Outputs per_call = products(*be, {c.blk.w().data, -1}, c.inp, c.dout, s);  // in no table: not packed
+    check_same_bits(packed, per_call);
     CHECK(!std::isnan(packed.out[0]));
   }
 }
@@ -98,52 +114,40 @@ TEST_CASE("onednn packed weights: fp32 products give the bits of per-call packin
 namespace {
 
 void check_partial_write(Precision p) {
-  {
-    auto be = backend_or_skip(p);
-    if (!be) return;
-    Rng rng(5);
-    const Shape s{128, 128, 384};
-    Block blk(rng, (size_t)s.OC * s.IC, 100);
-    const VF inp = randn(rng, (size_t)s.R * s.IC), dout = randn(rng, (size_t)s.R * s.OC);
-    be->bind_weights(blk.table());
-    be->weights_changed(0, blk.p.size());
-    const Outputs before = products(*be, blk.w(), inp, dout, s);
-    const Outputs again = products(*be, blk.w(), inp, dout, s);
-    CHECK(same_bits(before.out, again.out));
-    // Change the tensor's second half (as one AdamW chunk would) and report only that range,
-    // which also covers the start of the next tensor.
-    const size_t b = blk.off + blk.n / 2, e = blk.off + blk.n + 10;
-    for (size_t i = b; i < e; ++i) blk.p[i] = -2.f * blk.p[i];
-    be->weights_changed(b, e);
-    const Outputs after = products(*be, blk.w(), inp, dout, s);
-    const Outputs want = fresh_products(p, blk, inp, dout, s);
-    CHECK(!same_bits(after.out, before.out));
-    CHECK(same_bits(after.out, want.out));
-    CHECK(same_bits(after.dinp, want.dinp));
-    CHECK(same_bits(after.dw, want.dw));
-  }
+  auto be = backend_or_skip(p);
+  if (!be) return;
+  Rng rng(5);
+  Case c(rng, {128, 128, 384}, 100);
+  c.bind(*be);
+  const Outputs before = c.run(*be);
+  const Outputs again = c.run(*be);
+  CHECK(same_bits(before.out, again.out));
+  // Change the tensor's second half (as one AdamW chunk would) and report only that range,
+  // which also covers the start of the next tensor.
+  const size_t b = c.blk.off + c.blk.n / 2, e = c.blk.off + c.blk.n + 10;
+  for (size_t i = b; i < e; ++i) c.blk.p[i] = -2.f * c.blk.p[i];
+  be->weights_changed(b, e);
+  const Outputs after = c.run(*be);
+  CHECK(!same_bits(after.out, before.out));
+  check_same_bits(after, c.fresh(p));
 }
 
 void check_concurrent_repack(Precision p) {
-  {
-    auto be = backend_or_skip(p);
-    if (!be) return;
-    Rng rng(9);
-    const Shape s{128, 512, 128};
-    Block blk(rng, (size_t)s.OC * s.IC, 16);
-    const VF inp = randn(rng, (size_t)s.R * s.IC), dout = randn(rng, (size_t)s.R * s.OC);
-    be->bind_weights(blk.table());
-    tbb::global_control threads(tbb::global_control::max_allowed_parallelism, 4);
-    for (int round = 0; round < 3; ++round) {
-      for (float& x : blk.p) x *= 0.5f;
-      be->weights_changed(0, blk.p.size());
-      std::vector<Outputs> got(8);
-      tbb::parallel_for(0, 8, [&](int i) { got[i] = products(*be, blk.w(), inp, dout, s); });
-      const Outputs want = fresh_products(p, blk, inp, dout, s);
-      for (const Outputs& o : got) {
-        CHECK(same_bits(o.out, want.out));
-        CHECK(same_bits(o.dinp, want.dinp));
-      }
+  auto be = backend_or_skip(p);
+  if (!be) return;
+  Rng rng(9);
+  Case c(rng, {128, 512, 128}, 16);
+  be->bind_weights(c.blk.table());
+  tbb::global_control threads(tbb::global_control::max_allowed_parallelism, 4);
+  for (int round = 0; round < 3; ++round) {
+    for (float& x : c.blk.p) x *= 0.5f;
+    be->weights_changed(0, c.blk.p.size());
+    std::vector<Outputs> got(8);
+    tbb::parallel_for(0, 8, [&](int i) { got[i] = c.run(*be); });
+    const Outputs want = c.fresh(p);
+    for (const Outputs& o : got) {
+      CHECK(same_bits(o.out, want.out));
+      CHECK(same_bits(o.dinp, want.dinp));
     }
   }
 }
@@ -154,27 +158,22 @@ void check_chunked_update(Precision p) {
   auto be = backend_or_skip(p);
   if (!be) return;
   Rng rng(13);
-  const Shape s{128, 384, 1152};
-  Block blk(rng, (size_t)s.OC * s.IC, 40);
-  const VF inp = randn(rng, (size_t)s.R * s.IC), dout = randn(rng, (size_t)s.R * s.OC);
-  be->bind_weights(blk.table());
-  be->weights_changed(0, blk.p.size());
-  const Outputs first = products(*be, blk.w(), inp, dout, s);  // makes the layouts
+  Case c(rng, {128, 384, 1152}, 40);
+  c.bind(*be);
+  const Outputs first = c.run(*be);  // makes the layouts
   tbb::global_control threads(tbb::global_control::max_allowed_parallelism, 4);
+  std::vector<float>& w = c.blk.p;
   for (int step = 0; step < 3; ++step) {
     constexpr size_t kChunk = 16384;
-    const size_t chunks = (blk.p.size() + kChunk - 1) / kChunk;
-    tbb::parallel_for(size_t(0), chunks, [&](size_t c) {
-      const size_t b = c * kChunk, e = std::min(blk.p.size(), b + kChunk);
-      for (size_t i = b; i < e; ++i) blk.p[i] = 0.9f * blk.p[i] + 0.01f;
+    const size_t chunks = (w.size() + kChunk - 1) / kChunk;
+    tbb::parallel_for(size_t(0), chunks, [&](size_t k) {
+      const size_t b = k * kChunk, e = std::min(w.size(), b + kChunk);
+      for (size_t i = b; i < e; ++i) w[i] = 0.9f * w[i] + 0.01f;
       be->weights_changed(b, e);
     });
-    const Outputs got = products(*be, blk.w(), inp, dout, s);
-    const Outputs want = fresh_products(p, blk, inp, dout, s);
+    const Outputs got = c.run(*be);
     CHECK(!same_bits(got.out, first.out));
-    CHECK(same_bits(got.out, want.out));
-    CHECK(same_bits(got.dinp, want.dinp));
-    CHECK(same_bits(got.dw, want.dw));
+    check_same_bits(got, c.fresh(p));
   }
 }
 
